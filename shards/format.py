@@ -1,0 +1,127 @@
+"""The shard format, version 1: the one place that defines it.
+
+An output directory holds one Arrow IPC file per global training step and a manifest that is
+written last (its presence is the commit marker)::
+
+    OUT/
+      manifest.json                 written last; absent means "incomplete"
+      steps/step-00000000.arrow     one Arrow IPC file per step, exactly rows_per_step rows
+      remainder/remainder.arrow     rows that did not fill a last step (may be absent)
+      rejects/…                     records the prepare job could not use, with the reason
+      report.json                   what the prepare job read, kept and dropped
+
+Each step file has the schema below. A row is `seq_len` tokens; `doc_lens` are the lengths of the
+document pieces packed into it, in order (their sum is `seq_len` minus the padding at the row's
+end), `doc_ids` a stable 64-bit hash of each piece's source document and `source` the index of
+each piece's source in the manifest. 1024 rows x 4096 uint32 tokens = 16 MiB of tokens per step.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from .errors import FormatError
+
+FORMAT_NAME = "steppack"
+FORMAT_VERSION = 1
+# Versions this code reads. A newer writer bumps FORMAT_VERSION; old readers then refuse its files.
+READABLE_VERSIONS = (1,)
+
+MANIFEST_NAME = "manifest.json"
+REPORT_NAME = "report.json"
+STEPS_DIR = "steps"
+REMAINDER_FILE = "remainder/remainder.arrow"
+REJECTS_DIR = "rejects"
+
+# Schema metadata keys (Arrow metadata is bytes -> bytes).
+META_FORMAT = b"steppack.format"
+META_VERSION = b"steppack.format_version"
+META_SEQ_LEN = b"steppack.seq_len"
+META_DTYPE = b"steppack.dtype"
+META_STEP = b"steppack.step"
+
+# Rows per Arrow record batch. A rank reading its slice over object storage fetches only the
+# batches that hold its rows: 8 rows x 4096 uint32 = 128 KiB per batch, so 1024-row steps split
+# evenly for any world size up to 128.
+DEFAULT_BATCH_ROWS = 8
+
+DTYPES = {"uint16": pa.uint16(), "uint32": pa.uint32()}
+
+COMPRESSIONS = (None, "zstd")
+
+
+def dtype_for_vocab(vocab_size: int) -> str:
+    """The narrowest token dtype that holds every id of a vocabulary of `vocab_size` tokens."""
+    if vocab_size <= 0:
+        raise FormatError(f"vocabulary size must be positive, got {vocab_size}")
+    if vocab_size <= 1 << 16:
+        return "uint16"
+    if vocab_size <= 1 << 32:
+        return "uint32"
+    raise FormatError(f"vocabulary of {vocab_size} tokens does not fit in uint32")
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    check_dtype(dtype)
+    return np.dtype(dtype)
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise FormatError(f"token dtype {dtype!r} is not one of {sorted(DTYPES)}")
+
+
+def step_schema(seq_len: int, dtype: str, step: int | None = None) -> pa.Schema:
+    """The Arrow schema of a step file (and of the remainder file, whose step is -1)."""
+    check_dtype(dtype)
+    if seq_len <= 0:
+        raise FormatError(f"seq_len must be positive, got {seq_len}")
+    meta = {
+        META_FORMAT: FORMAT_NAME.encode(),
+        META_VERSION: str(FORMAT_VERSION).encode(),
+        META_SEQ_LEN: str(seq_len).encode(),
+        META_DTYPE: dtype.encode(),
+        META_STEP: str(-1 if step is None else step).encode(),
+    }
+    return pa.schema(
+        [
+            pa.field("tokens", pa.list_(DTYPES[dtype], seq_len), nullable=False),
+            pa.field("doc_lens", pa.list_(pa.int32()), nullable=False),
+            pa.field("doc_ids", pa.list_(pa.uint64()), nullable=False),
+            pa.field("source", pa.list_(pa.uint16()), nullable=False),
+        ],
+        metadata=meta,
+    )
+
+
+def step_file_name(step: int) -> str:
+    """Path of step `step`'s file relative to the output directory."""
+    if step < 0:
+        raise FormatError(f"step must be >= 0, got {step}")
+    return f"{STEPS_DIR}/step-{step:08d}.arrow"
+
+
+def parse_schema_metadata(schema: pa.Schema, where: str) -> dict:
+    """Read and check a step file's schema metadata; refuse files of an unknown version."""
+    meta = schema.metadata or {}
+    if meta.get(META_FORMAT) != FORMAT_NAME.encode():
+        raise FormatError(f"{where} is not a steppack step file (no '{META_FORMAT.decode()}' metadata)")
+    version = int(meta.get(META_VERSION, b"0"))
+    check_version(version, where)
+    seq_len = int(meta[META_SEQ_LEN])
+    dtype = meta[META_DTYPE].decode()
+    check_dtype(dtype)
+    expected = step_schema(seq_len, dtype)
+    if not schema.remove_metadata().equals(expected.remove_metadata()):
+        raise FormatError(f"{where} has schema {schema.remove_metadata()}, expected {expected.remove_metadata()}")
+    return {"version": version, "seq_len": seq_len, "dtype": dtype, "step": int(meta[META_STEP])}
+
+
+def check_version(version: int, where: str) -> None:
+    if version not in READABLE_VERSIONS:
+        raise FormatError(
+            f"{where} was written in steppack format version {version}; this steppack reads "
+            f"version(s) {', '.join(map(str, READABLE_VERSIONS))}. Upgrade steppack, or re-run prepare "
+            "with this version."
+        )

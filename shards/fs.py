@@ -1,0 +1,113 @@
+"""Opening files by path or URI: local paths directly, `gs://`, `s3://`, `hdfs://` through
+pyarrow's filesystems, any other fsspec scheme through fsspec.
+
+Local writes go to a temporary name first and are renamed into place, so a reader never sees a
+half-written file; object stores make a finished upload visible at once, so they are written
+directly (a retried write replaces the object with identical bytes).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tempfile
+from contextlib import contextmanager
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from .errors import InputError
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def join(base: str, *parts: str) -> str:
+    if is_local(base):
+        return os.path.join(local_path(base), *parts)
+    return posixpath.join(base, *parts)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path inside it) for a local path or URI."""
+    if is_local(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(local_path(uri))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        pass
+    try:
+        import fsspec
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        raise InputError(f"cannot open {uri}: no filesystem for its scheme ({exc})") from exc
+    return PyFileSystem(FSSpecHandler(fs)), path
+
+
+def exists(uri: str) -> bool:
+    if is_local(uri):
+        return os.path.exists(local_path(uri))
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def read_bytes(uri: str) -> bytes:
+    if is_local(uri):
+        with open(local_path(uri), "rb") as f:
+            return f.read()
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        return f.read()
+
+
+def size(uri: str) -> int:
+    if is_local(uri):
+        return os.path.getsize(local_path(uri))
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).size
+
+
+def list_dir(uri: str) -> list[str]:
+    """Base names of the files directly inside directory `uri` (empty if it does not exist)."""
+    if is_local(uri):
+        p = local_path(uri)
+        return sorted(os.listdir(p)) if os.path.isdir(p) else []
+    fs, path = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return sorted(posixpath.basename(i.path) for i in infos)
+
+
+@contextmanager
+def atomic_output(uri: str) -> Iterator[pa.NativeFile]:
+    """A writable stream whose contents appear at `uri` only once the block ends without error."""
+    if is_local(uri):
+        path = local_path(uri)
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path) + ".")
+        os.close(fd)
+        try:
+            with pa.OSFile(tmp, "wb") as f:
+                yield f
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    else:
+        fs, path = filesystem(uri)
+        with fs.open_output_stream(path) as f:
+            yield f
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with atomic_output(uri) as f:
+        f.write(data)

@@ -1,0 +1,144 @@
+"""The manifest: what an output directory holds, written last as its commit marker.
+
+It records everything a reader needs to trust and use the steps without opening them: the format
+and tool versions, the job's full config, the tokenizer's identity, seq_len, rows_per_step and
+dtype, and for every step its file, rows, tokens, padding, documents, byte size and sha256.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from importlib import metadata
+
+from . import fs
+from .errors import FormatError
+from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, check_dtype, check_version
+
+
+def tool_version() -> str:
+    try:
+        return metadata.version("steppack")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerInfo:
+    """Identity of the tokenizer the tokens came from."""
+
+    name: str
+    """A preset name (`deepseek-llm`) or the path of the tokenizer.json."""
+    sha256: str
+    """sha256 of the tokenizer.json bytes: two tokenizers with the same name can differ."""
+    vocab_size: int
+    """Number of ids, added tokens included; every token id is below it."""
+    bos_id: int | None
+    eos_id: int | None
+    pad_id: int
+    """The id written into padding positions (never counted in `doc_lens`)."""
+    add_bos: bool
+    add_eos: bool
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileInfo:
+    """One Arrow file of the output and what is in it."""
+
+    file: str
+    """Path relative to the output directory."""
+    rows: int
+    tokens: int
+    """Document tokens (padding excluded)."""
+    padding: int
+    """Padding tokens."""
+    documents: int
+    """Distinct documents with at least one piece in the file."""
+    pieces: int
+    """Document pieces (a document cut across two rows is two pieces)."""
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceInfo:
+    name: str
+    documents: int
+    """Documents of this source kept in the output (steps and remainder)."""
+    tokens: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Manifest:
+    format_version: int = FORMAT_VERSION
+    tool_version: str = field(default_factory=tool_version)
+    seq_len: int
+    rows_per_step: int
+    dtype: str
+    compression: str | None = None
+    tokenizer: TokenizerInfo
+    packing: str
+    """Packing policy: 'concat' or 'bestfit'."""
+    seed: int
+    sources: list[SourceInfo]
+    steps: list[FileInfo]
+    remainder: FileInfo | None = None
+    config: dict = field(default_factory=dict)
+    """The full job config as the prepare job resolved it."""
+
+    def __post_init__(self):
+        check_dtype(self.dtype)
+        if self.seq_len <= 0 or self.rows_per_step <= 0:
+            raise FormatError(f"seq_len {self.seq_len} and rows_per_step {self.rows_per_step} must be positive")
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps)
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.rows_per_step
+
+    def to_json(self) -> str:
+        d = {"format": FORMAT_NAME, **dataclasses.asdict(self), "num_steps": self.num_steps}
+        return json.dumps(d, indent=1, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, where: str = MANIFEST_NAME) -> "Manifest":
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{where} is not valid JSON ({exc}); re-run prepare") from exc
+        if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
+            raise FormatError(f"{where} is not a steppack manifest (no \"format\": \"{FORMAT_NAME}\")")
+        check_version(int(d.get("format_version", 0)), where)
+        try:
+            d.pop("format")
+            d.pop("num_steps", None)
+            d["tokenizer"] = TokenizerInfo(**d["tokenizer"])
+            d["sources"] = [SourceInfo(**s) for s in d["sources"]]
+            d["steps"] = [FileInfo(**s) for s in d["steps"]]
+            if d.get("remainder") is not None:
+                d["remainder"] = FileInfo(**d["remainder"])
+            return cls(**d)
+        except (KeyError, TypeError) as exc:
+            raise FormatError(f"{where} is missing or has unexpected fields ({exc}); re-run prepare") from exc
+
+
+def read_manifest(out: str) -> Manifest:
+    """Read `OUT/manifest.json`; a missing manifest means the output is incomplete."""
+    uri = fs.join(out, MANIFEST_NAME)
+    if not fs.exists(uri):
+        if not fs.exists(out):
+            raise FormatError(f"{out} does not exist; run 'steppack prepare --output {out}' first")
+        raise FormatError(
+            f"{uri} is missing: the output is incomplete (prepare did not finish); "
+            "re-run prepare with --overwrite"
+        )
+    return Manifest.from_json(fs.read_bytes(uri).decode("utf-8"), where=uri)
+
+
+def write_manifest(out: str, manifest: Manifest) -> None:
+    """Write the manifest atomically (temp + rename on local disks). Call it after every step file exists."""
+    fs.write_bytes(fs.join(out, MANIFEST_NAME), manifest.to_json().encode("utf-8"))

@@ -1,0 +1,118 @@
+"""Reading step files: a local file is memory-mapped and read with zero copies; any other URI
+(`gs://`, `s3://`, fsspec schemes) is opened through pyarrow and only the record batches that
+hold the requested rows are fetched.
+
+    step = open_step("OUT/steps/step-00000017.arrow")
+    rows = step.read(range(256, 512))       # RowBlock; tokens is a view into the mapped file
+    step.read_tokens_into(range(256, 512), out_int64)   # one pass: uint32 file -> int64 buffer
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from . import fs
+from .errors import FormatError
+from .format import parse_schema_metadata
+from .rows import RowBlock
+
+
+class StepFile:
+    """One open step (or remainder) file."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        try:
+            if fs.is_local(uri):
+                self._source = pa.memory_map(fs.local_path(uri), "r")
+            else:
+                filesystem, path = fs.filesystem(uri)
+                self._source = filesystem.open_input_file(path)
+            self._reader = pa.ipc.open_file(self._source)
+        except FileNotFoundError as exc:
+            raise FormatError(f"{uri} does not exist; run 'steppack shards verify' on its directory") from exc
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise FormatError(f"{uri} is not a readable Arrow IPC file ({exc}); re-run prepare") from exc
+        meta = parse_schema_metadata(self._reader.schema, uri)
+        self.version: int = meta["version"]
+        self.seq_len: int = meta["seq_len"]
+        self.dtype: str = meta["dtype"]
+        self.step: int = meta["step"]
+        sizes = [self._reader.get_batch(i).num_rows for i in range(self._reader.num_record_batches)]
+        self._starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).tolist()
+        self.num_rows: int = self._starts[-1]
+
+    def close(self) -> None:
+        self._source.close()
+
+    def __enter__(self) -> "StepFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _pieces(self, rows: range) -> Iterator[tuple[pa.RecordBatch, int, int]]:
+        """(record batch, first row in it, row count) covering `rows`, in order."""
+        if rows.step != 1 or rows.start < 0 or rows.stop > self.num_rows or rows.start > rows.stop:
+            raise FormatError(f"rows {rows.start}..{rows.stop} are outside {self.uri} ({self.num_rows} rows)")
+        row = rows.start
+        while row < rows.stop:
+            b = bisect.bisect_right(self._starts, row) - 1
+            batch = self._reader.get_batch(b)
+            lo = row - self._starts[b]
+            n = min(rows.stop, self._starts[b + 1]) - row
+            yield batch, lo, n
+            row += n
+
+    def _tokens(self, batch: pa.RecordBatch, lo: int, n: int) -> np.ndarray:
+        col = batch.column(0).slice(lo, n)
+        return col.flatten().to_numpy(zero_copy_only=True).reshape(n, self.seq_len)
+
+    def read_tokens(self, rows: range | None = None) -> np.ndarray:
+        """Token ids of `rows` as an (n, seq_len) array; a zero-copy view when they lie in one batch."""
+        rows = range(self.num_rows) if rows is None else rows
+        parts = [self._tokens(b, lo, n) for b, lo, n in self._pieces(rows)]
+        if len(parts) == 1:
+            return parts[0]
+        if not parts:
+            return np.empty((0, self.seq_len), np.dtype(self.dtype))
+        return np.concatenate(parts)
+
+    def read_tokens_into(self, rows: range, out: np.ndarray) -> np.ndarray:
+        """Copy (and widen) the tokens of `rows` into `out` (n, seq_len), in one pass over the bytes."""
+        if out.shape != (len(rows), self.seq_len):
+            raise FormatError(f"output buffer has shape {out.shape}, expected {(len(rows), self.seq_len)}")
+        i = 0
+        for b, lo, n in self._pieces(rows):
+            np.copyto(out[i : i + n], self._tokens(b, lo, n), casting="safe")
+            i += n
+        return out
+
+    def read(self, rows: range | None = None) -> RowBlock:
+        """All columns of `rows` as a RowBlock."""
+        rows = range(self.num_rows) if rows is None else rows
+        blocks = []
+        for batch, lo, n in self._pieces(rows):
+            lists = [batch.column(k).slice(lo, n) for k in (1, 2, 3)]
+            offsets = lists[0].offsets.to_numpy().astype(np.int64)
+            blocks.append(
+                RowBlock(
+                    self._tokens(batch, lo, n),
+                    offsets - offsets[0],
+                    *(col.flatten().to_numpy(zero_copy_only=False) for col in lists),
+                )
+            )
+        if not blocks:
+            z = np.zeros(0)
+            return RowBlock(np.empty((0, self.seq_len), np.dtype(self.dtype)), np.zeros(1, np.int64),
+                            z.astype(np.int32), z.astype(np.uint64), z.astype(np.uint16))
+        return RowBlock.concat(blocks)
+
+
+def open_step(uri: str) -> StepFile:
+    """Open a step file by local path or URI."""
+    return StepFile(uri)

@@ -1,0 +1,95 @@
+"""Writing one step file: a `RowBlock` becomes an Arrow IPC file, checked against the format.
+
+The bytes depend only on the rows, seq_len, dtype, step and compression, so a retried write
+produces an identical file. The file is assembled in memory (16 MiB for 1024 x 4096 uint32),
+hashed, then written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pyarrow as pa
+
+from . import fs
+from .errors import FormatError
+from .format import COMPRESSIONS, DEFAULT_BATCH_ROWS, numpy_dtype, step_schema
+from .manifest import FileInfo
+from .rows import RowBlock
+
+
+def check_rows(rows: RowBlock, seq_len: int, dtype: str) -> None:
+    """Refuse rows that would make a file `verify` rejects."""
+    if rows.tokens.ndim != 2 or rows.tokens.shape[1] != seq_len:
+        raise FormatError(f"rows have shape {rows.tokens.shape}, expected (n, {seq_len})")
+    if rows.tokens.dtype != numpy_dtype(dtype):
+        raise FormatError(f"rows have dtype {rows.tokens.dtype}, expected {dtype}")
+    n = rows.num_rows
+    if rows.piece_offsets.shape != (n + 1,) or rows.piece_offsets[0] != 0:
+        raise FormatError("piece_offsets must have n + 1 entries starting at 0")
+    p = int(rows.piece_offsets[-1])
+    if not (len(rows.doc_lens) == len(rows.doc_ids) == len(rows.source) == p):
+        raise FormatError("doc_lens, doc_ids and source must have one entry per piece")
+    if p and int(rows.doc_lens.min()) <= 0:
+        raise FormatError("every document piece must hold at least one token")
+    if n and int(rows.row_used().max()) > seq_len:
+        raise FormatError(f"a row's doc_lens add up to more than seq_len {seq_len}")
+
+
+def to_table(rows: RowBlock, seq_len: int, dtype: str, step: int | None = None) -> pa.Table:
+    schema = step_schema(seq_len, dtype, step)
+    offsets = pa.array(rows.piece_offsets.astype(np.int32), pa.int32())
+    tokens = pa.FixedSizeListArray.from_arrays(pa.array(rows.tokens.reshape(-1)), seq_len)
+    cols = [
+        tokens,
+        pa.ListArray.from_arrays(offsets, pa.array(rows.doc_lens.astype(np.int32, copy=False))),
+        pa.ListArray.from_arrays(offsets, pa.array(rows.doc_ids.astype(np.uint64, copy=False))),
+        pa.ListArray.from_arrays(offsets, pa.array(rows.source.astype(np.uint16, copy=False))),
+    ]
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def encode_step(
+    rows: RowBlock,
+    *,
+    seq_len: int,
+    dtype: str,
+    step: int | None,
+    compression: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> bytes:
+    """The bytes of a step file (`step=None` for the remainder file)."""
+    if compression not in COMPRESSIONS:
+        raise FormatError(f"compression {compression!r} is not one of {COMPRESSIONS}")
+    check_rows(rows, seq_len, dtype)
+    table = to_table(rows, seq_len, dtype, step)
+    sink = pa.BufferOutputStream()
+    options = pa.ipc.IpcWriteOptions(compression=compression)
+    with pa.ipc.new_file(sink, table.schema, options=options) as w:
+        w.write_table(table, max_chunksize=max(1, batch_rows))
+    return sink.getvalue().to_pybytes()
+
+
+def file_info(rel: str, rows: RowBlock, data: bytes) -> FileInfo:
+    used = int(rows.row_used().sum())
+    return FileInfo(
+        file=rel,
+        rows=rows.num_rows,
+        tokens=used,
+        padding=rows.num_rows * rows.seq_len - used,
+        documents=int(len(np.unique(rows.doc_ids))),
+        pieces=int(len(rows.doc_lens)),
+        bytes=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
+
+
+def write_step(out: str, rel: str, rows: RowBlock, **kwargs) -> FileInfo:
+    """Write rows to `out/rel` (atomically) and return what the manifest records of the file.
+
+    kwargs: seq_len, dtype, step, compression, batch_rows (see `encode_step`).
+    """
+    data = encode_step(rows, **kwargs)
+    fs.write_bytes(fs.join(out, rel), data)
+    return file_info(rel, rows, data)

@@ -1,0 +1,67 @@
+"""The `steppack` command: one entry point, subcommands imported only when used.
+
+Each subcommand module has `add_arguments(parser)` and `main(args) -> int`. `steppack shards …`
+never imports torch or Beam, so inspecting an output is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from shards.errors import SteppackError
+
+# name -> (module, one-line help). Modules are imported only for the subcommand that runs.
+COMMANDS = {
+    "prepare": ("pipeline.cli", "Run the Beam job: corpus files -> tokenized, shuffled, packed step shards."),
+    "shards": ("shards.cli", "Inspect and verify a prepared output: ls, stats, show, verify."),
+    "train": ("trainer.cli", "Train a DeepSeek-style decoder, reading step s from shard s (torchrun for several ranks)."),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steppack",
+        description="Pack a math corpus into one Arrow shard per global training step, inspect it, train on it.",
+    )
+    parser.add_argument("--version", action="version", version=f"steppack {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # Only the chosen subcommand's module is imported; the others get a help line alone.
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == chosen:
+            mod = importlib.import_module(module)
+            mod.add_arguments(p)
+            p.set_defaults(_main=mod.main)
+    return parser
+
+
+def _version() -> str:
+    from shards.manifest import tool_version
+
+    return tool_version()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and not getattr(args, "_accepts_unknown", False):
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.unknown = unknown
+    try:
+        return int(args._main(args) or 0)
+    except SteppackError as exc:
+        print(f"steppack {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"steppack {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `steppack shards ls OUT | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
