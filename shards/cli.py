@@ -1,0 +1,144 @@
+"""`steppack shards ls|stats|show|verify`: look into a prepared output. Imports neither torch nor Beam."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .manifest import read_manifest
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="view", metavar="VIEW", required=True)
+
+    p = sub.add_parser("ls", help="One line per step: rows, tokens, documents, padding, bytes.",
+                       description="List the steps of OUT from its manifest (no step file is opened).")
+    _common(p)
+    p.set_defaults(_view=cmd_ls)
+
+    p = sub.add_parser("stats", help="Totals and distributions over every step.",
+                       description="Read every step of OUT and print totals and distributions: tokens, documents, "
+                                   "pieces per row, document-length percentiles, padding, documents cut across rows, "
+                                   "per-source token shares, token-id range against the vocabulary.")
+    _common(p)
+    p.add_argument("--no-remainder", action="store_true", help="Leave the remainder rows (past the last full step) out.")
+    p.set_defaults(_view=cmd_stats)
+
+    p = sub.add_parser("show", help="One row decoded back to text, document boundaries marked.",
+                       description="Decode row R of step S with the tokenizer named in the manifest; each document "
+                                   "piece is labelled with its source and document id.")
+    _common(p)
+    p.add_argument("--step", type=int, required=True, help="Step index (0-based).")
+    p.add_argument("--row", type=int, default=0, help="Row inside the step (0-based; default 0).")
+    p.add_argument("--tokens", action="store_true", help="Print token ids instead of text (needs no tokenizer).")
+    p.add_argument("--tokenizer", default=None,
+                   help="Decode with this tokenizer.json (or preset) instead of the one the manifest names.")
+    p.set_defaults(_view=cmd_show)
+
+    p = sub.add_parser("verify", help="Check the whole output; non-zero exit with one line per problem.",
+                       description="Check OUT against its manifest and the format: files present and no extras, "
+                                   "sizes and sha256 checksums, rows per step, seq_len, dtype, token ids below the "
+                                   "vocabulary, doc_lens that add up, the format version. Exit 1 if anything is wrong.")
+    _common(p)
+    p.add_argument("--world-size", type=int, default=None,
+                   help="Also check that every step splits across this many ranks.")
+    p.add_argument("--micro-batch", type=int, default=1,
+                   help="With --world-size: also check that each rank's rows split into micro-batches of this size.")
+    p.set_defaults(_view=cmd_verify)
+    parser.set_defaults(_main=lambda args: args._view(args))
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", metavar="OUT", help="Output directory of 'steppack prepare' (local path or gs://, s3:// URI).")
+    p.add_argument("--json", action="store_true", help="Print JSON for scripts instead of the human view.")
+
+
+def main(args: argparse.Namespace) -> int:
+    return args._view(args)
+
+
+def _print_json(obj) -> None:
+    json.dump(obj, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
+def human_bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def cmd_ls(args) -> int:
+    m = read_manifest(args.out)
+    entries = [(str(i), s) for i, s in enumerate(m.steps)] + ([("remainder", m.remainder)] if m.remainder else [])
+    if args.json:
+        _print_json([{"step": name, **vars(s)} for name, s in entries])
+        return 0
+    print(f"{'step':>9} {'rows':>6} {'tokens':>12} {'docs':>7} {'padding':>8} {'bytes':>10}")
+    for name, s in entries:
+        pad = 100.0 * s.padding / max(1, s.rows * m.seq_len)
+        print(f"{name:>9} {s.rows:>6} {s.tokens:>12,} {s.documents:>7,} {pad:>7.2f}% {human_bytes(s.bytes):>10}")
+    total_bytes = sum(s.bytes for _, s in entries)
+    print(f"{m.num_steps} steps x {m.rows_per_step} rows x {m.seq_len} tokens ({m.dtype}), "
+          f"{human_bytes(total_bytes)} on disk")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from .stats import compute
+
+    m = read_manifest(args.out)
+    s = compute(args.out, m, include_remainder=not args.no_remainder)
+    if args.json:
+        _print_json(s)
+        return 0
+    where = "steps + remainder" if s["included_remainder"] else "steps"
+    d, ppr, ids = s["document_tokens"], s["pieces_per_row"], s["token_ids"]
+    print(f"{args.out} ({where}): {s['steps']} steps x {s['rows_per_step']} rows x {s['seq_len']} tokens, "
+          f"{s['rows']:,} rows ({s['remainder_rows']} in the remainder)")
+    print(f"  tokens         {s['tokens']:,} document tokens, {s['padding']:,} padding ({s['padding_pct']:.2f}%)")
+    print(f"  documents      {s['documents']:,} in {s['pieces']:,} pieces; {s['documents_cut']:,} cut across rows")
+    print(f"  pieces/row     mean {_f(ppr['mean'])}  p50 {ppr['p50']}  p90 {ppr['p90']}  max {ppr['p100']}")
+    print(f"  doc tokens     mean {_f(d['mean'])}  min {d['p0']}  p10 {d['p10']}  p50 {d['p50']}  p90 {d['p90']}  "
+          f"p99 {d['p99']}  max {d['p100']}")
+    print("  sources        " + "\n                 ".join(
+        f"{x['name']:<20} {x['tokens']:>12,} tokens  {100 * x['share']:6.2f}%" for x in s["sources"]))
+    verdict = "all below the vocabulary" if ids["fits"] else "SOME NOT BELOW THE VOCABULARY"
+    print(f"  token ids      {ids['min']}..{ids['max']} of vocabulary {ids['vocab_size']:,} ({verdict})")
+    return 0
+
+
+def _f(x) -> str:
+    return "-" if x is None else f"{x:,.1f}"
+
+
+def cmd_show(args) -> int:
+    from .show import decode_pieces, load_decoder, render, row_pieces
+
+    m = read_manifest(args.out)
+    view = row_pieces(args.out, m, args.step, args.row)
+    if not args.tokens:
+        decode_pieces(view, load_decoder(m, args.tokenizer))
+    if args.json:
+        _print_json(view)
+    else:
+        print(render(view, show_tokens=args.tokens))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .verify import describe_ok, verify
+
+    problems = verify(args.out, world_size=args.world_size, micro_batch=args.micro_batch)
+    if args.json:
+        _print_json({"ok": not problems, "problems": problems})
+    elif problems:
+        for p in problems:
+            print(p)
+        print(f"{len(problems)} problem(s) found in {args.out}", file=sys.stderr)
+    else:
+        print(describe_ok(args.out, read_manifest(args.out)))
+    return 1 if problems else 0

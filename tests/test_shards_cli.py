@@ -1,0 +1,138 @@
+"""The `steppack shards` views through the real command line entry point."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from shards import FileInfo, Manifest, RowBlock, SourceInfo, TokenizerInfo, step_file_name, write_manifest, write_step
+from shards import tokenizer as tk
+from steppack.cli import main
+from tests.shardgen import make_output
+
+DOCS = [
+    ("gsm8k", "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May."),
+    ("math", "Let $f(x) = x^2 + 3x$. Find $f(12)$: we get $144 + 36 = 180$, so the answer is $\\boxed{180}$."),
+    ("math", "Ünïcödé and 数学: ∀ε>0 ∃δ>0 such that |x−a|<δ ⟹ |f(x)−f(a)|<ε."),
+]
+
+
+@pytest.fixture
+def real_out(tmp_path):
+    """One step of one row holding three real documents tokenized with the DeepSeek tokenizer (BOS text EOS)."""
+    tok = tk.load("deepseek-llm")
+    bos, eos = tk.special_ids("deepseek-llm", tok)
+    seq_len = 256
+    tokens, lens, ids, srcs = [], [], [], []
+    for i, (src, text) in enumerate(DOCS):
+        t = [bos] + tok.encode(text, add_special_tokens=False).ids + [eos]
+        tokens += t
+        lens.append(len(t))
+        ids.append(1000 + i)
+        srcs.append(0 if src == "gsm8k" else 1)
+    pad = eos
+    tokens += [pad] * (seq_len - len(tokens))
+    block = RowBlock.from_rows([(tokens, lens, ids, srcs)], seq_len, "uint32")
+    out = str(tmp_path / "out")
+    info = write_step(out, step_file_name(0), block, seq_len=seq_len, dtype="uint32", step=0)
+    path = tk.resolve_path("deepseek-llm")
+    write_manifest(out, Manifest(
+        seq_len=seq_len, rows_per_step=1, dtype="uint32", packing="bestfit", seed=0, steps=[info],
+        tokenizer=TokenizerInfo(name="deepseek-llm", sha256=tk.file_sha256(path), vocab_size=tok.get_vocab_size(),
+                                bos_id=bos, eos_id=eos, pad_id=pad, add_bos=True, add_eos=True),
+        sources=[SourceInfo(name="gsm8k", documents=1, tokens=lens[0]), SourceInfo(name="math", documents=2, tokens=sum(lens[1:]))],
+    ))
+    return out
+
+
+def run_json(capsys, *argv):
+    assert main(list(argv) + ["--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_show_decodes_a_row_back_to_the_exact_text_of_its_documents(real_out, capsys):
+    view = run_json(capsys, "shards", "show", real_out, "--step", "0", "--row", "0")
+    bos, eos = "<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>"
+    assert [p["text"] for p in view["pieces"]] == [bos + text + eos for _, text in DOCS]
+    assert [p["source"] for p in view["pieces"]] == [src for src, _ in DOCS]
+    assert view["padding"] == 256 - sum(len(p["tokens"]) for p in view["pieces"])
+
+
+def test_show_marks_each_piece_with_its_source_and_document(real_out, capsys):
+    assert main(["shards", "show", real_out, "--step", "0"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("──── piece ") == 3 and "source math · doc 00000000000003e9" in text
+    assert DOCS[2][1] in text
+
+
+def test_show_tokens_prints_ids_without_a_tokenizer(tmp_path, capsys):
+    make_output(str(tmp_path), num_steps=1, rows_per_step=2, seq_len=16)
+    assert main(["shards", "show", str(tmp_path), "--step", "0", "--row", "1", "--tokens"]) == 0
+    assert "piece 1/" in capsys.readouterr().out
+
+
+def test_show_without_the_tokenizer_says_what_to_do(tmp_path, capsys):
+    make_output(str(tmp_path), num_steps=1, rows_per_step=2, seq_len=16)
+    assert main(["shards", "show", str(tmp_path), "--step", "0"]) == 2
+    assert "--tokens" in capsys.readouterr().err
+
+
+def test_show_refuses_a_step_outside_the_output(real_out, capsys):
+    assert main(["shards", "show", real_out, "--step", "4"]) == 2
+    assert "steps 0..0" in capsys.readouterr().err
+
+
+def test_ls_lists_every_step_and_the_remainder(tmp_path, capsys):
+    m = make_output(str(tmp_path), num_steps=3, rows_per_step=4, seq_len=16, remainder_rows=1)
+    listing = run_json(capsys, "shards", "ls", str(tmp_path))
+    assert [e["step"] for e in listing] == ["0", "1", "2", "remainder"]
+    assert [e["sha256"] for e in listing[:3]] == [s.sha256 for s in m.steps]
+
+
+def test_stats_counts_match_the_rows(tmp_path, capsys):
+    m = make_output(str(tmp_path), num_steps=2, rows_per_step=4, seq_len=16, n_sources=2, remainder_rows=1)
+    s = run_json(capsys, "shards", "stats", str(tmp_path))
+    assert s["rows"] == 9 and s["tokens"] == 9 * 16 and s["padding"] == 0
+    assert s["tokens"] == sum(x["tokens"] for x in s["sources"])
+    assert s["token_ids"]["max"] < m.tokenizer.vocab_size and s["token_ids"]["fits"]
+    assert s["pieces"] == sum(i.pieces for i in m.steps) + m.remainder.pieces
+    s2 = run_json(capsys, "shards", "stats", str(tmp_path), "--no-remainder")
+    assert s2["rows"] == 8
+
+
+def test_stats_of_a_real_row(real_out, capsys):
+    s = run_json(capsys, "shards", "stats", real_out)
+    assert s["documents"] == 3 and s["documents_cut"] == 0 and s["pieces_per_row"]["p100"] == 3
+    assert [round(x["share"], 3) for x in s["sources"]][0] > 0
+
+
+def test_views_on_a_missing_output_are_a_clear_error_not_a_traceback(tmp_path, capsys):
+    for view in ("ls", "stats", "verify"):
+        rc = main(["shards", view, str(tmp_path / "nope")])
+        assert rc in (1, 2)
+    err = capsys.readouterr()
+    assert "Traceback" not in err.err and "does not exist" in err.err + err.out
+
+
+@pytest.mark.parametrize("argv", [[], ["shards"], ["shards", "ls"], ["shards", "stats"], ["shards", "show"],
+                                  ["shards", "verify"]])
+def test_every_command_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv + ["--help"])
+    assert exc.value.code == 0
+    assert "usage: steppack" in capsys.readouterr().out
+
+
+def test_shards_views_import_neither_torch_nor_beam(tmp_path):
+    make_output(str(tmp_path), num_steps=1, rows_per_step=2, seq_len=8)
+    code = (
+        "import sys; from steppack.cli import main; "
+        f"main(['shards', 'stats', {str(tmp_path)!r}]); main(['shards', 'verify', {str(tmp_path)!r}]); "
+        "bad = [m for m in ('torch', 'apache_beam') if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
