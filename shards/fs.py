@@ -94,6 +94,7 @@ def atomic_output(uri: str) -> Iterator[pa.NativeFile]:
         os.makedirs(d, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-" + os.path.basename(path) + ".")
         os.close(fd)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs are shared like any other file
         try:
             with pa.OSFile(tmp, "wb") as f:
                 yield f
@@ -106,6 +107,12 @@ def atomic_output(uri: str) -> Iterator[pa.NativeFile]:
         fs, path = filesystem(uri)
         with fs.open_output_stream(path) as f:
             yield f
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_bytes(uri: str, data: bytes) -> None:

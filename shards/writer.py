@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from . import fs
 from .errors import FormatError
-from .format import COMPRESSIONS, DEFAULT_BATCH_ROWS, numpy_dtype, step_schema
+from .format import COMPRESSIONS, default_batch_rows, numpy_dtype, step_schema
 from .manifest import FileInfo
 from .rows import RowBlock
 
@@ -37,8 +37,9 @@ def check_rows(rows: RowBlock, seq_len: int, dtype: str) -> None:
         raise FormatError(f"a row's doc_lens add up to more than seq_len {seq_len}")
 
 
-def to_table(rows: RowBlock, seq_len: int, dtype: str, step: int | None = None) -> pa.Table:
-    schema = step_schema(seq_len, dtype, step)
+def to_table(rows: RowBlock, seq_len: int, dtype: str, step: int | None = None,
+             batch_rows: int | None = None) -> pa.Table:
+    schema = step_schema(seq_len, dtype, step, batch_rows)
     offsets = pa.array(rows.piece_offsets.astype(np.int32), pa.int32())
     tokens = pa.FixedSizeListArray.from_arrays(pa.array(rows.tokens.reshape(-1)), seq_len)
     cols = [
@@ -57,17 +58,20 @@ def encode_step(
     dtype: str,
     step: int | None,
     compression: str | None = None,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
+    batch_rows: int | None = None,
 ) -> bytes:
     """The bytes of a step file (`step=None` for the remainder file)."""
     if compression not in COMPRESSIONS:
         raise FormatError(f"compression {compression!r} is not one of {COMPRESSIONS}")
+    batch_rows = default_batch_rows(seq_len, dtype) if batch_rows is None else batch_rows
+    if batch_rows <= 0:
+        raise FormatError(f"batch_rows must be >= 1, got {batch_rows}")
     check_rows(rows, seq_len, dtype)
-    table = to_table(rows, seq_len, dtype, step)
+    table = to_table(rows, seq_len, dtype, step, batch_rows)
     sink = pa.BufferOutputStream()
     options = pa.ipc.IpcWriteOptions(compression=compression)
     with pa.ipc.new_file(sink, table.schema, options=options) as w:
-        w.write_table(table, max_chunksize=max(1, batch_rows))
+        w.write_table(table, max_chunksize=batch_rows)
     return sink.getvalue().to_pybytes()
 
 

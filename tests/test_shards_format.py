@@ -82,7 +82,7 @@ def test_same_rows_give_byte_identical_files(tmp_path):
 def test_local_reader_returns_a_view_of_the_mapped_file_not_a_copy(tmp_path):
     make_output(str(tmp_path), num_steps=1, rows_per_step=8, seq_len=64)
     with open_step(str(tmp_path / step_file_name(0))) as f:
-        tokens = f.read_tokens(range(0, 8))  # one record batch (DEFAULT_BATCH_ROWS = 8)
+        tokens = f.read_tokens(range(0, 8))  # within one record batch
         assert not tokens.flags.owndata and not tokens.flags.writeable
 
 
