@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh machine:
+#   make demo   prepare the bundled sample corpus -> verify it -> a short CPU training run
+#   make test   the test suite (what .ci/run calls)
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STEPPACK = $(VENV)/bin/steppack
+DEMO   ?= runs/demo
+
+.PHONY: setup test demo bench clean
+
+# torch==2.13.0 first: that pin is a CPU build on local disk; an unpinned torch would pull a
+# multi-GB CUDA build. The project's own range (torch>=2.3,<3) is then already satisfied.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest -q
+
+demo: setup
+	rm -rf $(DEMO)
+	$(STEPPACK) prepare --config samples/job.toml --output $(DEMO)/shards --workers 2
+	$(STEPPACK) shards verify $(DEMO)/shards
+	$(STEPPACK) shards ls $(DEMO)/shards
+	$(STEPPACK) train --data $(DEMO)/shards --model tiny --steps 8 --micro-batch 4 --warmup-steps 2 \
+		--max-lr 3e-3 --ckpt-dir $(DEMO)/ckpt --metrics $(DEMO)/metrics.jsonl --seed 0
+
+bench: setup
+	$(PY) bench/read_steps.py
+
+clean:
+	rm -rf $(VENV) runs *.egg-info
