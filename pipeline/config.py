@@ -1,0 +1,285 @@
+"""The prepare job's configuration: frozen dataclasses, a TOML file, flags that override it.
+
+    steppack prepare --input 'corpus/*.jsonl.zst' --text-field text --output OUT --seq-len 4096 \
+        --rows-per-step 1024            # or --global-batch-tokens 4194304
+    steppack prepare --config job.toml [--seq-len 512 ...]   # flags override the file
+
+A `job.toml`::
+
+    output = "out"                 # relative paths are relative to the TOML file
+    seq_len = 512
+    rows_per_step = 16
+    seed = 0
+    packing = "concat"             # or "bestfit"
+
+    [[source]]
+    name = "gsm8k"
+    paths = ["gsm8k/*.jsonl.zst"]
+    text = "{question}\\n\\n{answer}"   # a field name, or a template over fields
+    # format = "jsonl"             # jsonl | parquet | text | hf; from the extension when absent
+
+Relative local paths are made absolute here, before anything is submitted: a relative path on a
+remote worker silently matches nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import os
+import string
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from shards.errors import ConfigError
+from shards.fs import is_local
+from shards.tokenizer import DEFAULT_TOKENIZER
+
+from .packing import Packing
+
+FORMATS = ("jsonl", "parquet", "text", "hf")
+
+
+class Specials(str, enum.Enum):
+    """Special tokens around each document."""
+
+    BOS_EOS = "bos+eos"
+    """BOS, the text, EOS (DeepSeek LLM's default)."""
+    EOS = "eos"
+    """The text, then EOS."""
+    NONE = "none"
+    """The text alone (documents then run into each other in `concat` rows)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """One input source of the job: some files of one schema."""
+
+    name: str
+    """Name recorded in the manifest; part of every doc_id."""
+    paths: tuple[str, ...]
+    """Globs or paths (local, gs://, s3://, or an HF `save_to_disk` directory)."""
+    text: str = "text"
+    """A field name (`text`) or a template over fields (`{question}\\n\\n{answer}`)."""
+    format: str | None = None
+    """jsonl | parquet | text | hf; from each file's extension when absent."""
+
+    def __post_init__(self):
+        if not self.name or "\0" in self.name:
+            raise ConfigError(f"source name {self.name!r} must be a non-empty string")
+        if not self.paths:
+            raise ConfigError(f"source {self.name!r} has no paths; give 'paths = [\"...\"]' or --input")
+        if self.format is not None and self.format not in FORMATS:
+            raise ConfigError(f"source {self.name!r}: format {self.format!r} is not one of {', '.join(FORMATS)}")
+        text_fields(self.text)  # raises on a malformed template
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return text_fields(self.text)
+
+
+def text_fields(text: str) -> tuple[str, ...]:
+    """The fields a text spec reads: `text` -> ('text',); `{q}\\n{a}` -> ('q', 'a')."""
+    if "{" not in text:
+        return (text,)
+    try:
+        names = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+    except ValueError as exc:
+        raise ConfigError(f"text template {text!r} is malformed ({exc}); write fields as {{name}}") from exc
+    if not names or any(not n or not n.isidentifier() for n in names):
+        raise ConfigError(f"text template {text!r} must name its fields, as in \"{{question}}\\n\\n{{answer}}\"")
+    return tuple(names)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JobConfig:
+    """Everything that decides the output bytes, plus how to run."""
+
+    sources: tuple[SourceConfig, ...]
+    output: str
+    """Output directory (local or gs://...)."""
+    seq_len: int = 4096
+    """Tokens per row (DeepSeekMath: 4096)."""
+    rows_per_step: int = 1024
+    """Rows per global step (1024 x 4096 = 4M tokens, DeepSeekMath's 1.3B runs)."""
+    seed: int = 0
+    """Seed of the shuffle: same input + config + seed give byte-identical output."""
+    packing: Packing = Packing.CONCAT
+    tokenizer: str = DEFAULT_TOKENIZER
+    """A preset (deepseek-llm) or the path of a tokenizer.json."""
+    specials: Specials | None = None
+    """BOS/EOS around each document; default bos+eos for a preset, none for a plain tokenizer.json."""
+    bos_token: str | None = None
+    """BOS token string for a plain tokenizer.json (presets know theirs)."""
+    eos_token: str | None = None
+    """EOS token string for a plain tokenizer.json."""
+    min_chars: int = 0
+    """Drop documents with fewer characters (0: keep all non-empty)."""
+    max_chars: int = 0
+    """Drop documents with more characters (0: no limit)."""
+    piece_chars: int = 1 << 20
+    """A document longer than this is tokenized in pieces of at most this many characters."""
+    bucket_mb: int = 8
+    """Input megabytes per shuffle bucket: memory per worker is bounded by one bucket."""
+    unit_mb: float = 1.0
+    """Input megabytes (uncompressed estimate) per read task: smaller spreads work more evenly."""
+    compression: str | None = None
+    """Step file buffer compression: none (zero-copy memory map) or zstd."""
+    workers: int = 2
+    """Local worker processes (the local runner only)."""
+    overwrite: bool = False
+    """Replace an output that already holds a complete manifest."""
+
+    def __post_init__(self):
+        if not self.sources:
+            raise ConfigError("no input: give --input GLOB or a --config file with [[source]] tables")
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"source names must be unique, got {names}")
+        if len(names) > 65535:
+            raise ConfigError("at most 65535 sources (the source column is uint16)")
+        for k in ("seq_len", "rows_per_step", "workers", "piece_chars", "bucket_mb"):
+            if getattr(self, k) <= 0:
+                raise ConfigError(f"{k.replace('_', '-')} must be positive, got {getattr(self, k)}")
+        if self.unit_mb <= 0:
+            raise ConfigError(f"unit-mb must be positive, got {self.unit_mb}")
+        if self.min_chars < 0 or self.max_chars < 0:
+            raise ConfigError("min-chars and max-chars must be >= 0 (0 means no limit)")
+        if self.max_chars and self.min_chars > self.max_chars:
+            raise ConfigError(f"min-chars {self.min_chars} is above max-chars {self.max_chars}; swap or drop one")
+        if self.compression not in (None, "zstd"):
+            raise ConfigError(f"compression {self.compression!r} is not 'none' or 'zstd'")
+        if not 0 <= self.seed < 1 << 64:
+            raise ConfigError(f"seed must be in [0, 2**64), got {self.seed}")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["packing"] = self.packing.value
+        d["specials"] = self.specials.value if self.specials else None
+        d["sources"] = [dict(dataclasses.asdict(s), paths=list(s.paths)) for s in self.sources]
+        return d
+
+
+def rows_from_batch_tokens(global_batch_tokens: int, seq_len: int) -> int:
+    """rows_per_step for a token budget per step; refuse one that seq_len does not divide."""
+    if global_batch_tokens <= 0:
+        raise ConfigError(f"--global-batch-tokens must be positive, got {global_batch_tokens}")
+    rows, rest = divmod(global_batch_tokens, seq_len)
+    if rest:
+        lo, hi = rows * seq_len, (rows + 1) * seq_len
+        near = f"{lo:,} ({rows} rows) or {hi:,} ({rows + 1} rows)" if rows else f"{hi:,} (1 row)"
+        raise ConfigError(
+            f"--global-batch-tokens {global_batch_tokens:,} is not a multiple of --seq-len {seq_len}; "
+            f"the nearest valid values are {near}, or give --rows-per-step directly"
+        )
+    return rows
+
+
+def absolute(path: str, base: str) -> str:
+    """A local path made absolute against `base`; URIs unchanged."""
+    if not is_local(path) or path.startswith("file://"):
+        return path
+    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+
+
+def load_toml(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+FILE_KEYS = {f.name for f in dataclasses.fields(JobConfig)} | {"source", "global_batch_tokens"}
+
+
+def build(file: dict | None, file_dir: str, flags: dict[str, Any], cwd: str | None = None) -> JobConfig:
+    """Merge a parsed TOML file and command-line flags (flags win) into a checked JobConfig.
+
+    `flags` holds only what the user gave (None for absent flags); `flags['input']` (globs) with
+    `flags['text_field']` and `flags['format']` replace the file's sources.
+    """
+    cwd = cwd or os.getcwd()
+    file = dict(file or {})
+    unknown = set(file) - FILE_KEYS
+    if unknown:
+        raise ConfigError(f"unknown key(s) in the config file: {', '.join(sorted(unknown))}; "
+                          f"known: {', '.join(sorted(FILE_KEYS))}")
+    sources = []
+    if flags.get("input"):
+        sources.append(SourceConfig(
+            name="input", paths=tuple(absolute(p, cwd) for p in flags["input"]),
+            text=flags.get("text_field") or "text", format=flags.get("format"),
+        ))
+    else:
+        for i, s in enumerate(file.pop("source", [])):
+            if not isinstance(s, dict):
+                raise ConfigError("each [[source]] must be a table with name, paths and text")
+            bad = set(s) - {"name", "paths", "text", "format"}
+            if bad:
+                raise ConfigError(f"[[source]] {i}: unknown key(s) {', '.join(sorted(bad))}; "
+                                  "known: name, paths, text, format")
+            paths = s.get("paths", [])
+            paths = [paths] if isinstance(paths, str) else list(paths)
+            sources.append(SourceConfig(
+                name=s.get("name", f"source{i}"), paths=tuple(absolute(p, file_dir) for p in paths),
+                text=s.get("text", "text"), format=s.get("format"),
+            ))
+    file.pop("source", None)
+    values: dict[str, Any] = dict(file)
+    if "output" in values:
+        values["output"] = absolute(values["output"], file_dir)
+    if "tokenizer" in values and os.path.exists(os.path.join(file_dir, values["tokenizer"])):
+        values["tokenizer"] = absolute(values["tokenizer"], file_dir)
+    for k, v in flags.items():
+        if k in ("input", "text_field", "format") or v is None:
+            continue
+        values[k] = v
+    if flags.get("output"):
+        values["output"] = absolute(flags["output"], cwd)
+    if flags.get("tokenizer") and os.path.exists(flags["tokenizer"]):
+        values["tokenizer"] = absolute(flags["tokenizer"], cwd)
+    if not values.get("output"):
+        raise ConfigError("no output: give --output OUT (or output = \"...\" in the config file)")
+    if flags.get("rows_per_step") is not None and flags.get("global_batch_tokens") is not None:
+        raise ConfigError("give either --rows-per-step or --global-batch-tokens, not both")
+    gbt = values.pop("global_batch_tokens", None)
+    if flags.get("rows_per_step") is not None and flags.get("global_batch_tokens") is None:
+        gbt = None  # the flag overrides the file's token budget
+    if gbt is not None:
+        values.pop("rows_per_step", None)
+        values["rows_per_step"] = rows_from_batch_tokens(int(gbt), int(values.get("seq_len", 4096)))
+    try:
+        if "packing" in values:
+            values["packing"] = Packing(values["packing"])
+        if values.get("specials") is not None:
+            values["specials"] = Specials(values["specials"])
+    except ValueError as exc:
+        raise ConfigError(f"{exc}; packing is concat|bestfit, specials is bos+eos|eos|none") from exc
+    if values.get("compression") in ("none", ""):
+        values["compression"] = None
+    known = {f.name for f in dataclasses.fields(JobConfig)}
+    try:
+        return JobConfig(sources=tuple(sources), **{k: v for k, v in values.items() if k in known})
+    except TypeError as exc:
+        raise ConfigError(f"bad value in the configuration: {exc}") from exc
+
+
+def field_help(cls, name: str) -> str:
+    """The docstring under a dataclass field (kept in sync with --help by cli.py)."""
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and getattr(a.target, "id", None) == name and \
+                isinstance(b, ast.Expr) and isinstance(getattr(b, "value", None), ast.Constant):
+            return " ".join(str(b.value.value).split())
+    return ""
+
+
+del field

@@ -1,0 +1,181 @@
+"""Launching the job: checks before any work, the runner, a live progress line, the summary.
+
+Locally the runner is Beam's FnApiRunner in multi-process mode (`--workers` SDK worker processes),
+named explicitly: in Beam 2.77 the default DirectRunner first tries to download the Prism binary,
+which an offline machine would wait on. Any other `--runner` (DataflowRunner, PortableRunner)
+comes with the flags Beam's PipelineOptions take.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+
+from shards import dtype_for_vocab, fs
+from shards.errors import ConfigError
+from shards.format import MANIFEST_NAME, REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, STEPS_DIR
+
+from . import buckets as bk
+from .config import JobConfig
+from .sources import discover
+from .tokenize import tokenizer_info
+
+
+def check_output(cfg: JobConfig) -> None:
+    """Refuse an output holding a complete manifest unless --overwrite; clear what a previous run left."""
+    out = cfg.output
+    if fs.exists(fs.join(out, MANIFEST_NAME)):
+        if not cfg.overwrite:
+            raise ConfigError(
+                f"{out} already holds a complete output ({MANIFEST_NAME}); pass --overwrite to replace it, "
+                "or choose another --output"
+            )
+    if fs.is_local(out):
+        root = fs.local_path(out)
+        if os.path.exists(root) and not os.path.isdir(root):
+            raise ConfigError(f"--output {out} is a file, not a directory")
+        for name in (MANIFEST_NAME, REPORT_NAME):
+            p = os.path.join(root, name)
+            if os.path.exists(p):
+                os.unlink(p)  # the manifest first: a half-replaced output must not look complete
+        for d in (STEPS_DIR, os.path.dirname(REMAINDER_FILE), REJECTS_DIR, bk.WORK_DIR):
+            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
+        os.makedirs(root, exist_ok=True)
+    else:
+        from apache_beam.io.filesystems import FileSystems
+
+        for name in (MANIFEST_NAME, REPORT_NAME):
+            if fs.exists(fs.join(out, name)):
+                FileSystems.delete([fs.join(out, name)])
+        for d in (STEPS_DIR, os.path.dirname(REMAINDER_FILE), REJECTS_DIR, bk.WORK_DIR):
+            if FileSystems.exists(fs.join(out, d) + "/"):
+                FileSystems.delete([fs.join(out, d) + "/"])
+
+
+def pipeline_options(cfg: JobConfig, beam_args: list[str]):
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+    options = PipelineOptions(beam_args)
+    runner = options.view_as(StandardOptions).runner
+    if runner is None:
+        direct = options.view_as(DirectOptions)
+        direct.direct_num_workers = cfg.workers
+        direct.direct_running_mode = "multi_processing"
+    elif not fs.is_local(cfg.output):
+        pass
+    elif "Dataflow" in runner:
+        raise ConfigError(f"--output {cfg.output} is a local path; Dataflow workers cannot write it. "
+                          "Give a gs:// output.")
+    return options, runner
+
+
+def make_runner(runner_name):
+    if runner_name is None:
+        from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+        return FnApiRunner()
+    return None  # Beam resolves --runner itself
+
+
+class Progress(threading.Thread):
+    """Prints `prepare: 1.2M tokens, 3,400 docs, 0.8M tok/s, 12s` while the local job runs."""
+
+    def __init__(self, out: str, started: float, stream=sys.stderr):
+        super().__init__(daemon=True)
+        self.dir = os.path.join(fs.local_path(out), bk.WORK_DIR, "progress")
+        self.started, self.stream = started, stream
+        self.stop = threading.Event()
+        self.tty = stream.isatty()
+
+    def snapshot(self) -> tuple[int, int]:
+        docs = tokens = 0
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            return 0, 0
+        for n in names:
+            if n.endswith(".json"):
+                try:
+                    with open(os.path.join(self.dir, n)) as f:
+                        d = json.load(f)
+                except (OSError, ValueError):
+                    continue
+                docs += d.get("documents", 0)
+                tokens += d.get("tokens", 0)
+        return docs, tokens
+
+    def run(self):
+        every = 0.5 if self.tty else 10.0
+        while not self.stop.wait(every):
+            docs, tokens = self.snapshot()
+            t = time.time() - self.started
+            line = (f"prepare: {tokens / 1e6:.2f}M tokens, {docs:,} documents tokenized, "
+                    f"{tokens / max(t, 1e-9) / 1e6:.2f}M tok/s, {t:.0f}s")
+            print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=self.stream, flush=True)
+
+    def finish(self):
+        self.stop.set()
+        if self.tty:
+            print(file=self.stream)
+
+
+def summary(report: dict, out: str) -> str:
+    d, t, r = report["documents"], report["tokens"], report["rows"]
+    drops = ", ".join(f"{k} {v:,}" for k, v in sorted(d["dropped_by_reason"].items())) or "none"
+    lines = [
+        f"prepared {out}",
+        f"  documents  read {d['read']:,}  kept {d['kept']:,}  dropped {d['dropped']:,} ({drops})",
+        f"  tokens     read {t['read']:,}  kept {t['kept']:,}  dropped {t['dropped']:,}",
+        f"  steps      {report['steps']:,} x {r['rows_per_step']:,} rows x {r['seq_len']:,} tokens "
+        f"({t['in_steps']:,} tokens)",
+        f"  remainder  {r['remainder']:,} rows ({t['in_remainder']:,} tokens), set aside in {REMAINDER_FILE}",
+        f"  padding    {report['padding_tokens']:,} tokens; documents cut across rows "
+        f"{report['documents_cut_across_rows']:,}; rejects {report['rejects']:,} (in {REJECTS_DIR}/)",
+        f"  time       {report['wall_seconds']:.1f}s, {report['tokens_per_second'] / 1e6:.2f}M tokens/s "
+        f"({report['workers']} workers, {report['buckets']} buckets)",
+    ]
+    return "\n".join(lines)
+
+
+def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = False) -> dict:
+    """Run the job to completion and return report.json's contents."""
+    import apache_beam as beam
+
+    from .transforms import Job, Prepare
+
+    started = time.time()
+    # The local job service logs every SDK worker's start-up chatter at WARNING; keep real errors.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
+    beam_args = list(beam_args or [])
+    options, runner_name = pipeline_options(cfg, beam_args)
+    # Checks that stop the job before any work: tokenizer, inputs, output.
+    info = tokenizer_info(cfg)
+    units, input_bytes = discover(cfg)
+    check_output(cfg)
+    job = Job(cfg=cfg, tokenizer=info, dtype=dtype_for_vocab(info.vocab_size),
+              buckets=max(1, math.ceil(input_bytes / (cfg.bucket_mb << 20))), started=started,
+              input_bytes=input_bytes)
+    # Tokenizer threads per worker process (see tokenize.py); SDK worker subprocesses inherit it.
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    progress = Progress(cfg.output, started) if fs.is_local(cfg.output) and not quiet else None
+    if progress:
+        progress.start()
+    try:
+        p = beam.Pipeline(runner=make_runner(runner_name), options=options)
+        _ = p | "Prepare" >> Prepare(job, units)
+        result = p.run()
+        result.wait_until_finish()
+    finally:
+        if progress:
+            progress.finish()
+    report = json.loads(fs.read_bytes(fs.join(cfg.output, REPORT_NAME)))
+    report["wall_seconds_launcher"] = round(time.time() - started, 3)
+    if not quiet:
+        print(summary(report, cfg.output))
+    return report

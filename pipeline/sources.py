@@ -1,0 +1,377 @@
+"""Finding input files and reading their records: the job's only contact with input formats.
+
+Formats: JSONL (plain, `.gz`, `.zst`), Parquet, plain text files (one document per file) and HF
+datasets saved with `save_to_disk`; any path Beam's `FileSystems` opens (local, gs://, s3://).
+Hub datasets (`hf://datasets/NAME[:SPLIT]`) go through `datasets.load_dataset` and need a network.
+
+A file is read as one or more *units* (`part` of `parts`), so a few big files still spread over
+every worker: a JSONL unit decompresses the whole file but parses only the records whose number
+is `part` modulo `parts` (decompressing is ~100x cheaper than tokenizing); a Parquet unit reads
+every `parts`-th row group. Record numbers are 0-based positions in the file (JSONL: line - 1).
+
+`read_unit` yields `(record, text)` for each usable record and `Reject`s for malformed ones (bad
+JSON, a missing field, undecodable bytes, a truncated compressed file), never raising for them.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import math
+import os
+import posixpath
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Iterator, NamedTuple
+
+from shards.errors import ConfigError, InputError
+
+from .config import JobConfig, SourceConfig, text_fields
+
+TEXT_EXTS = (".txt", ".tex", ".md", ".text", ".rst")
+JSONL_EXTS = (".jsonl", ".json", ".ndjson")
+HUB_PREFIX = "hf://datasets/"
+# Uncompressed bytes per compressed byte, to size read units of compressed JSONL.
+COMPRESSION_RATIO = {None: 1, "gzip": 4, "zstd": 4}
+
+
+class Reject(NamedTuple):
+    """A record that could not be used, with why: it goes to OUT/rejects/."""
+
+    source: str
+    file: str
+    record: int
+    reason: str
+    """bad_json | missing_field | bad_field | bad_utf8 | truncated | unreadable"""
+    detail: str
+
+    def to_dict(self) -> dict:
+        return self._asdict()
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A piece of reading work: records of one file whose number is `part` modulo `parts`."""
+
+    source: int
+    source_name: str
+    path: str
+    key: str
+    """The file's name relative to its glob's directory: goes into doc_ids, so the corpus can move."""
+    format: str
+    compression: str | None
+    text: str
+    part: int
+    parts: int
+
+
+def detect_format(path: str) -> tuple[str, str | None]:
+    """(format, compression) from a file name; ConfigError when it says nothing."""
+    p = path.lower()
+    comp = None
+    if p.endswith(".gz"):
+        comp, p = "gzip", p[:-3]
+    elif p.endswith(".zst"):
+        comp, p = "zstd", p[:-4]
+    if p.endswith(JSONL_EXTS):
+        return "jsonl", comp
+    if p.endswith(".parquet") and comp is None:
+        return "parquet", None
+    if p.endswith(TEXT_EXTS):
+        return "text", comp
+    raise ConfigError(
+        f"cannot tell the format of {path} from its name; set format = \"jsonl|parquet|text\" "
+        "for its [[source]] (or --format)"
+    )
+
+
+def _is_hf_dir(path: str) -> bool:
+    return os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, f)) for f in ("dataset_info.json", "state.json", "dataset_dict.json"))
+
+
+def _glob_base(pattern: str) -> str:
+    m = re.search(r"[*?\[]", pattern)
+    static = pattern if m is None else pattern[: m.start()]
+    return posixpath.dirname(static)
+
+
+def _match(pattern: str) -> list[tuple[str, int]]:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        result = FileSystems.match([pattern])[0]
+    except Exception as exc:  # Beam raises BeamIOError for a glob that matches nothing or a bad scheme
+        raise InputError(f"input {pattern} matches no file ({exc}); check the path") from exc
+    return sorted((m.path, m.size_in_bytes) for m in result.metadata_list)
+
+
+def _dir_size(path: str) -> int:
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def discover(cfg: JobConfig) -> tuple[list[Unit], int]:
+    """Every read unit of the job, in a fixed order, and the total input bytes; InputError if a
+    path matches nothing."""
+    units: list[Unit] = []
+    total = 0
+    unit_bytes = cfg.unit_mb * (1 << 20)
+    for si, src in enumerate(cfg.sources):
+        for pattern in src.paths:
+            if pattern.startswith(HUB_PREFIX):
+                units.append(Unit(si, src.name, pattern, pattern[len(HUB_PREFIX):], "hub", None, src.text, 0, 1))
+                continue
+            if _is_hf_dir(pattern) or src.format == "hf":
+                if not _is_hf_dir(pattern):
+                    raise InputError(f"{pattern} is not a directory written by datasets' save_to_disk")
+                size = _dir_size(pattern)
+                total += size
+                parts = max(1, math.ceil(size / unit_bytes))
+                units += [Unit(si, src.name, pattern, posixpath.basename(pattern.rstrip("/")), "hf", None,
+                               src.text, j, parts) for j in range(parts)]
+                continue
+            files = _match(pattern)
+            if not files:
+                raise InputError(f"input {pattern} (source {src.name!r}) matches no file; check the path")
+            base = _glob_base(pattern)
+            for path, size in files:
+                fmt, comp = (src.format, None) if src.format else detect_format(path)
+                if src.format == "jsonl" or src.format == "text":
+                    comp = detect_format(path)[1] if path.endswith((".gz", ".zst")) else None
+                key = path[len(base):].lstrip("/") if path.startswith(base) and path != base \
+                    else posixpath.basename(path)
+                total += size
+                if fmt == "jsonl":
+                    parts = max(1, math.ceil(size * COMPRESSION_RATIO[comp] / unit_bytes))
+                elif fmt == "parquet":
+                    parts = max(1, min(_row_groups(path), math.ceil(size * 3 / unit_bytes)))
+                else:
+                    parts = 1
+                units += [Unit(si, src.name, path, key, fmt, comp, src.text, j, parts) for j in range(parts)]
+    return units, total
+
+
+def _row_groups(path: str) -> int:
+    import pyarrow.parquet as pq
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        with FileSystems.open(path) as f:
+            return pq.ParquetFile(f).metadata.num_row_groups
+    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a broken footer
+        raise InputError(f"{path} is not a readable Parquet file ({exc})") from exc
+
+
+def make_text(spec: str, fields: tuple[str, ...], record) -> str | tuple[str, str]:
+    """The document text of a record, or (reason, detail) when it cannot be made."""
+    if not isinstance(record, dict):
+        return ("bad_json", f"a record must be a JSON object, got {type(record).__name__}")
+    values = {}
+    for f in fields:
+        v = record.get(f)
+        if v is None:
+            return ("missing_field", f"field {f!r} is missing or null")
+        if not isinstance(v, str):
+            if len(fields) == 1 and "{" not in spec:
+                return ("bad_field", f"field {f!r} is a {type(v).__name__}, not a string")
+            v = str(v)
+        values[f] = v
+    if len(fields) == 1 and "{" not in spec:
+        return values[fields[0]]
+    return spec.format_map(values)
+
+
+def _open(path: str):
+    from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _decompressed(raw, compression: str | None):
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if compression == "zstd":
+        return _ZstdLines(raw)
+    return raw
+
+
+class _ZstdLines:
+    """Lines of a zstd stream (several frames allowed); EOFError when the last frame is cut short.
+
+    zstandard's stream_reader ends silently on a truncated frame, which would lose records unseen.
+    """
+
+    def __init__(self, raw, chunk: int = 1 << 20):
+        self.raw, self.chunk = raw, chunk
+
+    def _chunks(self) -> Iterator[bytes]:
+        import zstandard
+
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        started = False
+        while True:
+            data = self.raw.read(self.chunk)
+            if not data:
+                break
+            while data:
+                started = True
+                out = dobj.decompress(data)
+                if out:
+                    yield out
+                data = b""
+                if dobj.eof:
+                    data, dobj, started = dobj.unused_data, zstandard.ZstdDecompressor().decompressobj(), False
+        if started and not dobj.eof:
+            raise EOFError("zstd frame ends before its end marker (truncated file)")
+
+    def __iter__(self) -> Iterator[bytes]:
+        rest = b""
+        for out in self._chunks():
+            lines = (rest + out).split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                yield line + b"\n"
+        if rest:
+            yield rest
+
+    def read(self) -> bytes:
+        return b"".join(self._chunks())
+
+
+TRUNCATION_ERRORS: tuple = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def _truncation_errors() -> tuple:
+    try:
+        import zstandard
+
+        return TRUNCATION_ERRORS + (zstandard.ZstdError,)
+    except ImportError:
+        return TRUNCATION_ERRORS
+
+
+def _lines(stream) -> Iterator[bytes]:
+    for line in stream:
+        yield line
+
+
+def read_unit(u: Unit) -> Iterator[tuple[int, str] | Reject]:
+    """Records of one unit as (record number, text), and Rejects for the ones that cannot be used."""
+    fields = text_fields(u.text)
+    if u.format == "jsonl":
+        yield from _read_jsonl(u, fields)
+    elif u.format == "parquet":
+        yield from _read_parquet(u, fields)
+    elif u.format == "text":
+        yield from _read_text(u)
+    elif u.format in ("hf", "hub"):
+        yield from _read_hf(u, fields)
+    else:
+        raise ConfigError(f"unknown format {u.format!r}")
+
+
+def _reject(u: Unit, record: int, reason: str, detail: str) -> Reject:
+    return Reject(u.source_name, u.path, record, reason, detail[:300])
+
+
+def _read_jsonl(u: Unit, fields) -> Iterator[tuple[int, str] | Reject]:
+    errors = _truncation_errors()
+    n = -1
+    try:
+        with _open(u.path) as raw:
+            stream = _decompressed(raw, u.compression)
+            for n, line in enumerate(stream):
+                if n % u.parts != u.part:
+                    continue
+                if not line.strip():
+                    continue  # blank lines are not records
+                try:
+                    text = line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    yield _reject(u, n, "bad_utf8", f"line {n + 1}: {exc}")
+                    continue
+                try:
+                    rec = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    yield _reject(u, n, "bad_json", f"line {n + 1}: {exc}")
+                    continue
+                made = make_text(u.text, fields, rec)
+                if isinstance(made, tuple):
+                    yield _reject(u, n, made[0], f"line {n + 1}: {made[1]}")
+                else:
+                    yield n, made
+    except errors as exc:
+        # A truncated .gz / .zst: the records before the damage are kept; the rest is one reject.
+        if u.part == 0:
+            yield _reject(u, n + 1, "truncated", f"compressed stream ends early after {n + 1} lines ({exc})")
+    except OSError as exc:
+        if u.part == 0:
+            yield _reject(u, n + 1, "unreadable", f"read failed after {n + 1} lines ({exc})")
+
+
+def _read_parquet(u: Unit, fields) -> Iterator[tuple[int, str] | Reject]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with _open(u.path) as f:
+            pf = pq.ParquetFile(f)
+            names = set(pf.schema_arrow.names)
+            cols = [c for c in fields if c in names]
+            start = 0
+            for g in range(pf.metadata.num_row_groups):
+                rows = pf.metadata.row_group(g).num_rows
+                if g % u.parts == u.part:
+                    table = pf.read_row_group(g, columns=cols)
+                    for i, rec in enumerate(table.to_pylist()):
+                        made = make_text(u.text, fields, rec)
+                        if isinstance(made, tuple):
+                            yield _reject(u, start + i, made[0], made[1])
+                        else:
+                            yield start + i, made
+                start += rows
+    except (pa.ArrowInvalid, OSError) as exc:
+        if u.part == 0:
+            yield _reject(u, 0, "unreadable", f"not a readable Parquet file ({exc})")
+
+
+def _read_text(u: Unit) -> Iterator[tuple[int, str] | Reject]:
+    try:
+        with _open(u.path) as raw:
+            data = _decompressed(raw, u.compression).read()
+    except _truncation_errors() as exc:
+        yield _reject(u, 0, "truncated", f"compressed stream ends early ({exc})")
+        return
+    try:
+        yield 0, data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        yield _reject(u, 0, "bad_utf8", str(exc))
+
+
+def _read_hf(u: Unit, fields) -> Iterator[tuple[int, str] | Reject]:
+    import datasets
+
+    if u.format == "hub":
+        name, _, split = u.path[len(HUB_PREFIX):].partition(":")
+        ds = datasets.load_dataset(name, split=split or "train")
+    else:
+        ds = datasets.load_from_disk(u.path)
+    if isinstance(ds, datasets.DatasetDict):
+        raise InputError(f"{u.path} holds several splits ({', '.join(ds)}); point at one split's directory")
+    cols = [c for c in fields if c in ds.column_names]
+    idx = range(u.part, len(ds), u.parts)
+    part = ds.select_columns(cols).select(idx)
+    i = 0
+    for batch in part.iter(batch_size=1024):
+        n = len(next(iter(batch.values()))) if batch else 0
+        for k in range(n):
+            rec = {c: batch[c][k] for c in cols}
+            made = make_text(u.text, fields, rec)
+            record = idx[i]
+            i += 1
+            yield (_reject(u, record, made[0], made[1]) if isinstance(made, tuple) else (record, made))
+    if not cols:
+        for record in idx:
+            yield _reject(u, record, "missing_field", f"fields {list(fields)} are not columns of {u.path}")

@@ -1,0 +1,479 @@
+"""The Beam job: composite PTransforms, each a thin adapter over the pure modules.
+
+    ReadDocuments    read units (file parts) -> batches of (record, text); malformed -> rejects
+    TokenizeDocs     filter (empty / min / max chars, counted by reason) and tokenize, batched;
+                     tokenizer loaded once per worker in setup()
+    SpillBuckets     seeded hash -> bucket; documents go to spill files, only their names shuffle
+    PackRows         per bucket: read its spills, order by hash, pack -> bucket file of rows;
+                     concat tails of all buckets packed last (only the job's final row is padded)
+    AssignSteps      per-bucket row counts -> plan of (bucket file, row range) slices per step
+    WriteStepShards  each step reads its slices and writes steps/step-XXXXXXXX.arrow
+    WriteManifest    rejects/, report.json, then manifest.json last; _work/ removed
+
+Only small things cross a shuffle (file names, counts, row slices, tails of < seq_len tokens),
+so memory is bounded by one bucket on every runner, the local one included.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
+
+from shards import Manifest, RowBlock, SourceInfo, TokenizerInfo, fs, open_step, write_manifest, write_step
+from shards.format import REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, step_file_name
+
+from . import buckets as bk
+from .config import JobConfig
+from .packing import ConcatPacker, Packing, packer
+from .plan import doc_id, make_plan, shuffle_key
+from .sources import Reject, Unit, read_unit
+from .tokenize import DocTokenizer
+
+NS = "steppack"
+REJECTS_FILE = f"{REJECTS_DIR}/rejects.jsonl"
+# Records per tokenizer call: large enough that Beam's per-element cost vanishes (~10 us per
+# element against ~1 ms of tokenizing), small enough that a batch of long documents stays small.
+BATCH_DOCS = 256
+BATCH_CHARS = 4 << 20
+# Tokenized bytes a SpillBuckets bundle buffers before writing its spill files.
+SPILL_BYTES = 64 << 20
+
+
+@dataclass(frozen=True)
+class Job:
+    """What every stage needs, resolved on the launching machine."""
+
+    cfg: JobConfig
+    tokenizer: TokenizerInfo
+    dtype: str
+    buckets: int
+    started: float
+    """Wall-clock start (time.time()) of the launch, for report.json."""
+    input_bytes: int
+
+    @property
+    def out(self) -> str:
+        return self.cfg.output
+
+
+def count(stats: dict) -> None:
+    for k, v in stats.items():
+        Metrics.counter(NS, k).inc(v)
+
+
+class SumDicts(beam.CombineFn):
+    def create_accumulator(self):
+        return Counter()
+
+    def add_input(self, acc, d):
+        acc.update(d)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = Counter()
+        for a in accs:
+            out.update(a)
+        return out
+
+    def extract_output(self, acc):
+        return dict(sorted(acc.items()))
+
+
+# ---------------------------------------------------------------- ReadDocuments
+
+def read_batches(unit: Unit):
+    """Batches of (record, text) of one unit; Rejects (and their counts) on tagged outputs."""
+    batch, chars = [], 0
+    for item in read_unit(unit):
+        if isinstance(item, Reject):
+            stats = {"documents_read": 1, f"documents_dropped/{item.reason}": 1}
+            count(stats)
+            yield beam.pvalue.TaggedOutput("rejects", item.to_dict())
+            yield beam.pvalue.TaggedOutput("stats", stats)
+            continue
+        batch.append(item)
+        chars += len(item[1])
+        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
+            yield (unit.source, unit.source_name, unit.key, batch)
+            batch, chars = [], 0
+    if batch:
+        yield (unit.source, unit.source_name, unit.key, batch)
+
+
+class ReadDocuments(beam.PTransform):
+    def __init__(self, units: list[Unit]):
+        super().__init__()
+        self.units = units
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "ListUnits" >> beam.Create(self.units)
+            | "SpreadUnits" >> beam.Reshuffle()
+            | "ReadUnits" >> beam.FlatMap(read_batches).with_outputs("rejects", "stats", main="docs")
+        )
+
+
+# ---------------------------------------------------------------- TokenizeDocs
+
+def drop_reason(text: str, cfg: JobConfig) -> str | None:
+    if not text.strip():
+        return "empty"
+    if cfg.min_chars and len(text) < cfg.min_chars:
+        return "too_short"
+    if cfg.max_chars and len(text) > cfg.max_chars:
+        return "too_long"
+    return None
+
+
+class TokenizeFn(beam.DoFn):
+    """(source, name, key, [(record, text)]) -> [(shuffle key, Doc)] of the kept documents."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def setup(self):
+        self.tok = DocTokenizer(self.job.cfg, self.job.tokenizer)
+        self.progress = None
+        if fs.is_local(self.job.out):
+            self.progress = os.path.join(self.job.out, bk.WORK_DIR, "progress", uuid.uuid4().hex + ".json")
+            os.makedirs(os.path.dirname(self.progress), exist_ok=True)
+        self.done = Counter()
+        self.last = 0.0
+
+    def process(self, batch):
+        from .packing import Doc
+
+        source, name, key, records = batch
+        cfg = self.job.cfg
+        ids = self.tok.encode([t for _, t in records])
+        stats = Counter()
+        kept = []
+        for (record, text), tokens in zip(records, ids):
+            n = len(tokens)
+            stats["documents_read"] += 1
+            stats["tokens_read"] += n
+            reason = drop_reason(text, cfg)
+            if reason:
+                stats[f"documents_dropped/{reason}"] += 1
+                stats[f"tokens_dropped/{reason}"] += n
+                continue
+            stats["documents_kept"] += 1
+            stats["tokens_kept"] += n
+            stats[f"source_documents/{source}"] += 1
+            stats[f"source_tokens/{source}"] += n
+            did = doc_id(name, key, record)
+            kept.append((shuffle_key(cfg.seed, did), Doc(tokens, did, source)))
+        count(stats)
+        self._progress(stats)
+        yield beam.pvalue.TaggedOutput("stats", dict(stats))
+        if kept:
+            yield kept
+
+    def _progress(self, stats):
+        self.done.update({"documents": stats["documents_read"], "tokens": stats["tokens_read"]})
+        now = time.monotonic()
+        if self.progress and now - self.last > 0.5:
+            self.last = now
+            tmp = self.progress + ".tmp"
+            try:  # best effort: the progress line is cosmetic, and _work/ goes away at the end
+                with open(tmp, "w") as f:
+                    json.dump(self.done, f)
+                os.replace(tmp, self.progress)
+            except OSError:
+                pass
+
+    def finish_bundle(self):
+        self.last = 0.0
+        self._progress(Counter())
+
+
+class TokenizeDocs(beam.PTransform):
+    def __init__(self, job: Job):
+        super().__init__()
+        self.job = job
+
+    def expand(self, docs):
+        return docs | "Tokenize" >> beam.ParDo(TokenizeFn(self.job)).with_outputs("stats", main="tokens")
+
+
+# ---------------------------------------------------------------- SpillBuckets
+
+class SpillFn(beam.DoFn):
+    """Buffers documents per bucket for a bundle; writes spill files; emits (bucket, file)."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def start_bundle(self):
+        self.buf: dict[int, tuple[list, list]] = {}
+        self.size = 0
+
+    def process(self, kept):
+        for key, doc in kept:
+            b = key % self.job.buckets
+            keys, docs = self.buf.setdefault(b, ([], []))
+            keys.append(key)
+            docs.append(doc)
+            self.size += doc.tokens.nbytes + 32
+        if self.size >= SPILL_BYTES:
+            yield from self._flush()
+
+    def _flush(self):
+        for b in sorted(self.buf):
+            keys, docs = self.buf[b]
+            path = bk.spill_path(self.job.out, b)
+            bk.write_spill(path, keys, docs)
+            Metrics.counter(NS, "spill_files").inc()
+            yield (b, path)
+        self.buf, self.size = {}, 0
+
+    def finish_bundle(self):
+        for kv in self._flush():
+            yield GlobalWindows.windowed_value(kv)
+
+
+# ---------------------------------------------------------------- PackRows
+
+class PackBucketFn(beam.DoFn):
+    """(bucket, spill files) -> ('bucket', order, file, rows); concat tails on 'tails'."""
+
+    def __init__(self, job: Job):
+        self.job = job
+
+    def process(self, kv):
+        bucket, paths = kv
+        job = self.job
+        dtype = np.dtype(job.dtype)
+        docs = bk.read_spills(sorted(paths), dtype)
+        p = packer(job.cfg.packing, job.cfg.seq_len, job.tokenizer.pad_id, dtype)
+        rows = []
+        for _, d in docs:
+            rows.extend(p.add(d))
+        if isinstance(p, ConcatPacker):
+            tail = p.pending()
+            if tail:
+                yield beam.pvalue.TaggedOutput("tails", (bucket, bk.pieces_to_bytes(tail)))
+        else:
+            rows.extend(p.flush())
+        del docs
+        if rows:
+            rel = f"{bk.WORK_DIR}/buckets/bucket-{bucket:05d}.arrow"
+            write_step(job.out, rel, bk.rows_to_block(rows, job.cfg.seq_len, dtype),
+                       seq_len=job.cfg.seq_len, dtype=job.dtype, step=None)
+            Metrics.counter(NS, "bucket_rows").inc(len(rows))
+            yield ("bucket", bucket, rel, len(rows))
+
+
+def pack_tails(tails: list, job: Job):
+    """Every bucket's unfinished last row, in bucket order, packed on: full rows then the final
+    padded row (which always goes to the remainder)."""
+    dtype = np.dtype(job.dtype)
+    p = ConcatPacker(job.cfg.seq_len, job.tokenizer.pad_id, dtype)
+    rows = []
+    for _, items in sorted(tails, key=lambda t: t[0]):
+        for d in bk.pieces_from_bytes(items, dtype):
+            rows.extend(p.add(d))
+    final = p.flush()
+    for name, rs, order in (("tail", rows, job.buckets), ("final", final, job.buckets + 1)):
+        if rs:
+            rel = f"{bk.WORK_DIR}/buckets/{name}.arrow"
+            write_step(job.out, rel, bk.rows_to_block(rs, job.cfg.seq_len, dtype),
+                       seq_len=job.cfg.seq_len, dtype=job.dtype, step=None)
+            yield (name, order, rel, len(rs))
+
+
+class PackRows(beam.PTransform):
+    def __init__(self, job: Job):
+        super().__init__()
+        self.job = job
+
+    def expand(self, spills):
+        packed = (
+            spills
+            | "GroupSpillsByBucket" >> beam.GroupByKey()
+            | "PackBuckets" >> beam.ParDo(PackBucketFn(self.job)).with_outputs("tails", main="buckets")
+        )
+        tail_rows = (
+            packed.tails
+            | "GatherTails" >> beam.combiners.ToList()
+            | "PackTails" >> beam.FlatMap(pack_tails, self.job)
+        )
+        return (packed.buckets, tail_rows) | "AllRowFiles" >> beam.Flatten()
+
+
+# ---------------------------------------------------------------- AssignSteps / WriteStepShards
+
+def step_tasks(files: list, rows_per_step: int):
+    """Row files in global order -> one task per step and one for the remainder."""
+    ordered = sorted(f for f in files if f[0] != "final")
+    final = [f for f in files if f[0] == "final"]
+    steps, remainder = make_plan([(rel, n) for _, _, rel, n in ordered], rows_per_step)
+    for s, slices in enumerate(steps):
+        yield (s, [tuple(x) for x in slices])
+    remainder = [tuple(x) for x in remainder] + [(rel, 0, n) for _, _, rel, n in final]
+    if remainder:
+        yield (-1, remainder)
+
+
+class AssignSteps(beam.PTransform):
+    def __init__(self, job: Job):
+        super().__init__()
+        self.job = job
+
+    def expand(self, row_files):
+        return (
+            row_files
+            | "GatherRowCounts" >> beam.combiners.ToList()
+            | "PlanSteps" >> beam.FlatMap(step_tasks, self.job.cfg.rows_per_step)
+            | "SpreadSteps" >> beam.Reshuffle()
+        )
+
+
+def write_one_step(task, job: Job) -> dict:
+    step, slices = task
+    files = [open_step(fs.join(job.out, rel)) for rel, _, _ in slices]
+    try:
+        block = RowBlock.concat([f.read(range(lo, hi)) for f, (_, lo, hi) in zip(files, slices)])
+        rel = step_file_name(step) if step >= 0 else REMAINDER_FILE
+        info = write_step(job.out, rel, block, seq_len=job.cfg.seq_len, dtype=job.dtype,
+                          step=step if step >= 0 else None, compression=job.cfg.compression)
+    finally:
+        for f in files:
+            f.close()
+    Metrics.counter(NS, "steps_written" if step >= 0 else "remainder_rows").inc(1 if step >= 0 else info.rows)
+    import dataclasses
+
+    return {"step": step, **dataclasses.asdict(info)}
+
+
+class WriteStepShards(beam.PTransform):
+    def __init__(self, job: Job):
+        super().__init__()
+        self.job = job
+
+    def expand(self, tasks):
+        return tasks | "WriteSteps" >> beam.Map(write_one_step, self.job)
+
+
+# ---------------------------------------------------------------- WriteManifest
+
+def manifest_config(cfg: JobConfig) -> dict:
+    """The config recorded in the manifest: what decides the bytes (not workers or --overwrite)."""
+    d = cfg.to_dict()
+    for k in ("workers", "overwrite"):
+        d.pop(k)
+    return d
+
+
+def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int) -> dict:
+    from shards import FileInfo
+
+    steps = sorted((i for i in infos if i["step"] >= 0), key=lambda i: i["step"])
+    rem = [i for i in infos if i["step"] < 0]
+    files = steps + rem
+    dropped_docs = {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("documents_dropped/")}
+    dropped_tokens = {k.split("/", 1)[1]: v for k, v in stats.items() if k.startswith("tokens_dropped/")}
+    kept_docs = stats.get("documents_kept", 0)
+    pieces = sum(i["pieces"] for i in files)
+    wall = time.time() - job.started
+    return {
+        "documents": {"read": stats.get("documents_read", 0), "kept": kept_docs,
+                      "dropped": sum(dropped_docs.values()), "dropped_by_reason": dropped_docs},
+        "tokens": {"read": stats.get("tokens_read", 0), "kept": stats.get("tokens_kept", 0),
+                   "dropped": sum(dropped_tokens.values()), "dropped_by_reason": dropped_tokens,
+                   "in_steps": sum(i["tokens"] for i in steps),
+                   "in_remainder": sum(i["tokens"] for i in rem)},
+        "rows": {"in_steps": sum(i["rows"] for i in steps), "remainder": sum(i["rows"] for i in rem),
+                 "rows_per_step": job.cfg.rows_per_step, "seq_len": job.cfg.seq_len},
+        "steps": len(steps),
+        "padding_tokens": sum(i["padding"] for i in files),
+        "documents_cut_across_rows": pieces - kept_docs,
+        "pieces": pieces,
+        "rejects": n_rejects,
+        "buckets": job.buckets,
+        "input_bytes": job.input_bytes,
+        "wall_seconds": round(wall, 3),
+        "tokens_per_second": round(stats.get("tokens_read", 0) / wall, 1) if wall > 0 else None,
+        "workers": job.cfg.workers,
+        "_file_infos": [FileInfo(**{k: v for k, v in i.items() if k != "step"}) for i in files],
+    }
+
+
+def remove_work(out: str) -> None:
+    work = fs.join(out, bk.WORK_DIR)
+    if fs.is_local(out):
+        shutil.rmtree(fs.local_path(work), ignore_errors=True)
+    else:
+        from apache_beam.io.filesystems import FileSystems
+
+        if FileSystems.exists(work + "/"):
+            FileSystems.delete([work + "/"])
+
+
+def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list):
+    rejects = sorted(rejects, key=lambda r: (r["source"], r["file"], r["record"], r["reason"]))
+    fs.write_bytes(fs.join(job.out, REJECTS_FILE),
+                   "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode("utf-8"))
+    report = build_report(job, stats, infos, len(rejects))
+    file_infos = report.pop("_file_infos")
+    steps = [f for f in file_infos if f.file != REMAINDER_FILE]
+    remainder = next((f for f in file_infos if f.file == REMAINDER_FILE), None)
+    sources = [SourceInfo(name=s.name, documents=stats.get(f"source_documents/{i}", 0),
+                          tokens=stats.get(f"source_tokens/{i}", 0)) for i, s in enumerate(job.cfg.sources)]
+    report["sources"] = [dict(name=s.name, documents=s.documents, tokens=s.tokens) for s in sources]
+    fs.write_bytes(fs.join(job.out, REPORT_NAME), (json.dumps(report, indent=1) + "\n").encode("utf-8"))
+    manifest = Manifest(
+        seq_len=job.cfg.seq_len, rows_per_step=job.cfg.rows_per_step, dtype=job.dtype,
+        compression=job.cfg.compression, tokenizer=job.tokenizer, packing=job.cfg.packing.value,
+        seed=job.cfg.seed, sources=sources, steps=steps, remainder=remainder,
+        config=manifest_config(job.cfg),
+    )
+    write_manifest(job.out, manifest)  # last: the commit marker
+    remove_work(job.out)
+    yield report
+
+
+class WriteManifest(beam.PTransform):
+    def __init__(self, job: Job, stats, infos, rejects):
+        super().__init__()
+        self.job, self.stats, self.infos, self.rejects = job, stats, infos, rejects
+
+    def expand(self, pbegin):
+        return (
+            pbegin
+            | "Once" >> beam.Create([None])
+            | "WriteRejectsReportManifest" >> beam.FlatMap(
+                write_outputs, self.job, beam.pvalue.AsSingleton(self.stats),
+                beam.pvalue.AsList(self.infos), beam.pvalue.AsList(self.rejects))
+        )
+
+
+class Prepare(beam.PTransform):
+    """The whole job: units of input files -> step shards, report and manifest under job.out."""
+
+    def __init__(self, job: Job, units: list[Unit]):
+        super().__init__()
+        self.job, self.units = job, units
+
+    def expand(self, pbegin):
+        job = self.job
+        read = pbegin | "ReadDocuments" >> ReadDocuments(self.units)
+        tok = read.docs | "TokenizeDocs" >> TokenizeDocs(job)
+        spills = tok.tokens | "SpillBuckets" >> beam.ParDo(SpillFn(job))
+        row_files = spills | "PackRows" >> PackRows(job)
+        tasks = row_files | "AssignSteps" >> AssignSteps(job)
+        infos = tasks | "WriteStepShards" >> WriteStepShards(job)
+        stats = ((read.stats, tok.stats) | "AllStats" >> beam.Flatten()
+                 | "SumStats" >> beam.CombineGlobally(SumDicts()))
+        return pbegin | "WriteManifest" >> WriteManifest(job, stats, infos, read.rejects)
