@@ -1,0 +1,99 @@
+"""Checkpoints: everything a resumed run needs to continue the same loss curve, written atomically.
+
+`ckpt-00000123.pt` holds the state after 123 completed steps (the next step to run is 123): model,
+optimizer (AdamW moments and step counts), schedule, RNG states, the manifest identity (sha256 of
+the step checksums, `trainer.data.manifest_identity`) and the resolved config. It is written to a
+temporary name in the same directory, flushed and renamed into place, so a job killed mid-write
+leaves the previous checkpoint as the newest complete one. Only rank 0 writes (DDP keeps every
+rank's model and optimizer identical).
+
+Resume refuses, naming both values, a checkpoint whose data, model shape or schedule differs from
+this launch: each would silently change the loss curve. World size and micro-batch may change
+(the rows of every step stay the same; sums are then added in another order, so losses agree to
+float rounding rather than bit for bit).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+
+import numpy as np
+import torch
+
+from shards.errors import ConfigError, FormatError
+
+NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+
+
+def path_for(ckpt_dir: str, step: int) -> str:
+    return os.path.join(ckpt_dir, f"ckpt-{step:08d}.pt")
+
+
+def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
+    """(step, path) of the complete checkpoints in `ckpt_dir`, oldest first."""
+    if not os.path.isdir(ckpt_dir):
+        return []
+    found = [(int(m.group(1)), os.path.join(ckpt_dir, n)) for n in os.listdir(ckpt_dir) if (m := NAME.match(n))]
+    return sorted(found)
+
+
+def latest(ckpt_dir: str) -> str | None:
+    found = list_checkpoints(ckpt_dir)
+    return found[-1][1] if found else None
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
+
+
+def save(ckpt_dir: str, step: int, state: dict, keep: int = 0) -> str:
+    """Write `state` as the checkpoint of `step` atomically; keep only the newest `keep` (0: all)."""
+    os.makedirs(ckpt_dir, exist_ok=True)
+    final = path_for(ckpt_dir, step)
+    tmp = f"{final}.tmp-{os.getpid()}"
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, final)
+    if keep:
+        for _, old in list_checkpoints(ckpt_dir)[:-keep]:
+            os.remove(old)
+    return final
+
+
+def load(path: str) -> dict:
+    try:
+        # Our own file with numpy and Python RNG states inside: not loadable with weights_only.
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except (OSError, RuntimeError, EOFError) as exc:
+        raise FormatError(f"checkpoint {path} cannot be read ({exc}); delete it to resume from the one before") from exc
+
+
+def check_resumable(ckpt: dict, path: str, *, manifest_id: str, model: dict, schedule: dict) -> None:
+    """Refuse a checkpoint that would not continue this run's loss curve."""
+    if ckpt.get("manifest_id") != manifest_id:
+        raise ConfigError(
+            f"checkpoint {path} was trained on data with manifest identity {ckpt.get('manifest_id')}, "
+            f"but --data now has {manifest_id}: the steps changed. Resume with the original data, or "
+            "start a new run in another --ckpt-dir")
+    for what, mine, theirs in (("model", model, ckpt.get("model_config")), ("schedule", schedule, ckpt.get("schedule"))):
+        if mine != theirs:
+            diff = {k: (theirs.get(k) if theirs else None, mine.get(k)) for k in mine if not theirs or theirs.get(k) != mine.get(k)}
+            raise ConfigError(
+                f"checkpoint {path} has a different {what}: "
+                + ", ".join(f"{k} {a} in the checkpoint vs {b} now" for k, (a, b) in diff.items())
+                + "; pass the original flags to resume")

@@ -1,0 +1,192 @@
+"""The step stream: global step s -> shard s -> this rank's rows -> micro-batch int64 tensors.
+
+The loader is a pure function of (step, rank, world_size, micro_batch): no sampler state, no index
+to build at start-up, nothing to checkpoint but the step. Which rows a rank reads comes from
+`shards.slicing.rank_micro_batches`, the function `verify` uses too, so a step is made of the same
+rows whatever the world size; resuming on a different number of ranks changes who reads a row,
+never which rows make up the step.
+
+A background thread reads the next step(s) while the current one trains (`prefetch`); pyarrow's
+reads and numpy's copies release the GIL. Tokens are copied and widened (uint16/uint32 -> int64,
+the dtype `nn.Embedding` takes) in one pass into preallocated buffers: 1024 x 4096 tokens = 32 MiB
+of int64 per step at world size 1. Buffers are recycled round-robin over `prefetch + 2` slots, so a
+step's tensors stay valid until the consumer asks for the step after it.
+
+Only the small per-row facts are read besides the tokens: `used` (document tokens, the rest of the
+row is padding) when the step has padding, and `doc_lens` for intra-document attention. Labels,
+positions and masks are built from them where the model runs (`trainer.targets`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from shards import fs
+from shards.errors import ConfigError
+from shards.manifest import Manifest
+from shards.reader import open_step
+from shards.slicing import rank_micro_batches
+
+
+@dataclass
+class MicroBatch:
+    rows: range
+    """Rows of the step (global row numbers within the step) this micro-batch holds."""
+    tokens: torch.Tensor
+    """(m, seq_len) int64, a view of the stream's preallocated buffer."""
+    used: np.ndarray | None
+    """(m,) document tokens per row (positions from `used` on are padding); None: no padding."""
+    doc_lens: list[np.ndarray] | None
+    """Per row, the lengths of its document pieces (only with attention='doc')."""
+
+
+@dataclass
+class StepBatch:
+    step: int
+    shard: int
+    """The shard read: step mod num_shards (they differ only when --epochs > 1)."""
+    micro: list[MicroBatch]
+    read_ms: float
+    """Time the reading took (in the background thread when prefetching)."""
+
+
+def manifest_identity(m: Manifest) -> str:
+    """sha256 over what decides the training data: shape, dtype, tokenizer, and every step's checksum.
+
+    Tool version and job config are left out: re-writing the manifest with a newer steppack that
+    produced byte-identical steps does not change what a resumed run reads."""
+    ident = {
+        "seq_len": m.seq_len, "rows_per_step": m.rows_per_step, "dtype": m.dtype,
+        "tokenizer": asdict(m.tokenizer),
+        "steps": [(s.file, s.rows, s.sha256) for s in m.steps],
+    }
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
+
+
+def check_model_fits_data(m: Manifest, *, vocab_size: int, context: int, model: str) -> None:
+    """Refuse a model that cannot read these tokens or whose context differs from the rows."""
+    if vocab_size < m.tokenizer.vocab_size:
+        raise ConfigError(
+            f"model {model} has a vocabulary of {vocab_size} but the data's tokenizer "
+            f"({m.tokenizer.name}) has {m.tokenizer.vocab_size} ids; pass --vocab-size "
+            f"{m.tokenizer.vocab_size} or larger (DeepSeek pads to 102400)")
+    if context != m.seq_len:
+        raise ConfigError(
+            f"model {model} has a context of {context} tokens but the data's rows have seq_len "
+            f"{m.seq_len}; pass --context {m.seq_len}, or re-run prepare with --seq-len {context}")
+
+
+def total_steps(m: Manifest, steps: int | None, epochs: int) -> int:
+    """The run's length; more steps than shards only when --epochs asks to repeat the data."""
+    if m.num_steps == 0:
+        raise ConfigError("the manifest lists no steps: the corpus was smaller than one step "
+                          f"({m.rows_per_step} rows); prepare more data or a smaller --rows-per-step")
+    available = m.num_steps * epochs
+    if steps is None:
+        return available
+    if steps > available:
+        raise ConfigError(
+            f"--steps {steps} asks for more steps than the data has: {m.num_steps} step shards"
+            + (f" x {epochs} epochs" if epochs > 1 else "")
+            + f"; pass --steps {available} or less, or --epochs {-(-steps // m.num_steps)} to repeat the data")
+    return steps
+
+
+class StepStream:
+    """Iterate over `StepBatch`es for steps [start, stop) of one rank."""
+
+    def __init__(self, data: str, manifest: Manifest, *, rank: int, world_size: int, micro_batch: int,
+                 start: int, stop: int, doc_lens: bool = False, prefetch: int = 1):
+        self.data, self.m = data, manifest
+        # Raises ConfigError naming rows_per_step, world_size and micro_batch when they do not divide.
+        self.micro_rows = rank_micro_batches(manifest.rows_per_step, rank, world_size, micro_batch)
+        self.micro_batch = micro_batch
+        self.doc_lens, self.prefetch = doc_lens, prefetch
+        self.start, self.stop = start, stop
+        n_slots = prefetch + 2
+        self._bufs = [np.empty((len(self.micro_rows), micro_batch, manifest.seq_len), np.int64)
+                      for _ in range(n_slots)]
+        self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def load(self, step: int, slot: int = 0) -> StepBatch:
+        """Read step `step` into buffer slot `slot` (synchronously)."""
+        t0 = time.perf_counter()
+        shard = step % self.m.num_steps
+        info = self.m.steps[shard]
+        buf = self._bufs[slot]
+        need_used = self.doc_lens or info.padding > 0
+        micro = []
+        with open_step(fs.join(self.data, info.file)) as f:
+            if f.seq_len != self.m.seq_len:
+                raise ConfigError(f"{info.file} has seq_len {f.seq_len}, the manifest says {self.m.seq_len}; "
+                                  "run 'steppack shards verify'")
+            for j, rows in enumerate(self.micro_rows):
+                if need_used:
+                    block = f.read(rows)
+                    np.copyto(buf[j], block.tokens, casting="safe")
+                    used = block.row_used()
+                    lens = ([np.array(block.row_doc_lens(i), np.int64) for i in range(len(rows))]
+                            if self.doc_lens else None)
+                else:
+                    f.read_tokens_into(rows, buf[j])
+                    used, lens = None, None
+                micro.append(MicroBatch(rows, torch.from_numpy(buf[j]), used, lens))
+        return StepBatch(step, shard, micro, (time.perf_counter() - t0) * 1e3)
+
+    def _produce(self) -> None:
+        slot = 0
+        try:
+            for step in range(self.start, self.stop):
+                batch = self.load(step, slot)
+                slot = (slot + 1) % len(self._bufs)
+                if not self._put(batch):
+                    return
+        except BaseException as exc:  # handed to the training thread, which re-raises it
+            self._put(exc)
+
+    def _put(self, item) -> bool:
+        """Queue `item` unless the stream is closed first (the consumer may have stopped early)."""
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        """Yields (StepBatch, wait_ms): wait_ms is how long the training thread waited for the data."""
+        if self.prefetch == 0:
+            for step in range(self.start, self.stop):
+                t0 = time.perf_counter()
+                batch = self.load(step, step % len(self._bufs))
+                yield batch, (time.perf_counter() - t0) * 1e3
+            return
+        self._thread = threading.Thread(target=self._produce, name="steppack-prefetch", daemon=True)
+        self._thread.start()
+        try:
+            for _ in range(self.start, self.stop):
+                t0 = time.perf_counter()
+                item = self._queue.get()
+                wait_ms = (time.perf_counter() - t0) * 1e3
+                if isinstance(item, BaseException):
+                    raise item
+                yield item, wait_ms
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None

@@ -1,0 +1,181 @@
+"""The training loop: step s reads shard s, every rank its slice, one AdamW update per step.
+
+The loss of a step is the mean next-token cross-entropy over every label token of the global
+step (all ranks, all micro-batches). Each micro-batch contributes its loss *sum* divided by the
+step's global label count (one small all-reduce before the forward passes), times world_size
+because DDP averages gradients over ranks. So the gradient is the same whatever the world size
+and micro-batch: changing either between restarts changes only float summation order.
+
+Per step, rank 0 appends a JSON line to --metrics and prints a progress line; at the end, a summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from dataclasses import asdict
+
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from shards.manifest import read_manifest
+
+from . import checkpoint, dist
+from .config import TrainConfig
+from .data import StepStream, check_model_fits_data, manifest_identity, total_steps
+from .model import IGNORE, Decoder, next_token_loss_sum, preset
+from .optim import Schedule, make_optimizer, set_lr
+from .targets import make_targets, row_digest
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    if dtype == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def run(cfg: TrainConfig) -> dict:
+    """Train as `cfg` says; returns the summary (also printed by rank 0)."""
+    d = dist.setup(cfg.device)
+    try:
+        return _run(cfg, d)
+    finally:
+        dist.teardown(d)
+
+
+def _run(cfg: TrainConfig, d: dist.Dist) -> dict:
+    m = read_manifest(cfg.data)
+    mcfg = preset(cfg.model, vocab_size=cfg.vocab_size, context=cfg.context, layers=cfg.layers)
+    check_model_fits_data(m, vocab_size=mcfg.vocab_size, context=mcfg.context, model=cfg.model)
+    total = total_steps(m, cfg.steps, cfg.epochs)
+    schedule = Schedule(max_lr=cfg.max_lr, warmup_steps=cfg.warmup_steps, total_steps=total)
+    manifest_id = manifest_identity(m)
+    say = print if d.is_main and not cfg.quiet else (lambda *a, **k: None)
+
+    torch.manual_seed(cfg.seed)
+    model = Decoder(mcfg).to(d.device)
+    optimizer = make_optimizer(model, schedule, cfg.weight_decay)
+    start = 0
+    if cfg.resume:
+        path = checkpoint.latest(cfg.ckpt_dir)
+        if path is None:
+            say(f"no checkpoint in {cfg.ckpt_dir}: starting at step 0")
+        else:
+            ckpt = checkpoint.load(path)
+            checkpoint.check_resumable(ckpt, path, manifest_id=manifest_id, model=asdict(mcfg),
+                                       schedule=schedule.to_dict())
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            checkpoint.set_rng_state(ckpt["rng"])
+            start = ckpt["step"]
+            say(f"resumed from {path}: step {start} of {total} (written by world size {ckpt['world_size']}, "
+                f"now {d.world_size})")
+    stop = total if cfg.exit_after is None else min(total, start + cfg.exit_after)
+    # Built before DDP so that a bad micro-batch/world size fails with its message, not in a collective.
+    stream = StepStream(cfg.data, m, rank=d.rank, world_size=d.world_size, micro_batch=cfg.micro_batch,
+                        start=start, stop=stop, doc_lens=cfg.attention == "doc", prefetch=cfg.prefetch)
+    ddp = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.initialized else None
+    step_model = ddp or model
+    doc = cfg.attention == "doc"
+    n_micro = len(stream.micro_rows)
+    tokens_per_step = m.rows_per_step * m.seq_len
+    if start < stop:
+        say(f"training {cfg.model} ({mcfg.num_params() / 1e6:.1f}M parameters, {cfg.attention} attention) on "
+            f"{cfg.data}: steps {start}..{stop - 1} of {total}, {m.rows_per_step} rows x {m.seq_len} tokens per "
+            f"step, world size {d.world_size}, {n_micro} micro-batches of {cfg.micro_batch} rows per rank, "
+            f"device {d.device}")
+
+    metrics = open(cfg.metrics, "a") if cfg.metrics and d.is_main else None
+    tty = sys.stdout.isatty()
+    losses, waits, step_times = [], [], []
+    t_run = last_end = time.perf_counter()
+    ckpt_path = None
+    try:
+        for batch, wait_ms in stream:
+            s = batch.step
+            lr = schedule.lr(s)
+            set_lr(optimizer, lr)
+            targets = [make_targets(mb, doc=doc, device=d.device) for mb in batch.micro]
+            # Global label count (the loss denominator) and the step's data fingerprint, in one collective.
+            counts = torch.stack([
+                sum((lab != IGNORE).sum() for _, lab, _, _ in targets),
+                sum(row_digest(mb, tok) for mb, (tok, _, _, _) in zip(batch.micro, targets)),
+            ])
+            dist.all_reduce_sum(counts, d)
+            n_labels, digest = max(int(counts[0]), 1), int(counts[1])
+            loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+            for j, (tok, lab, pos, ids) in enumerate(targets):
+                sync = ddp is None or j == n_micro - 1
+                with (contextlib.nullcontext() if sync else ddp.no_sync()), _autocast(cfg, d.device):
+                    loss = next_token_loss_sum(step_model(tok, pos, ids), lab)
+                (loss * (d.world_size / n_labels)).backward()
+                loss_sum += loss.detach().double()
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = float(dist.all_reduce_sum(loss_sum, d)) / n_labels
+            done = s + 1
+            if cfg.ckpt_dir and (done == stop or (cfg.ckpt_every and done % cfg.ckpt_every == 0)):
+                ckpt_path = _save(cfg, d, model, optimizer, schedule, mcfg, manifest_id, done)
+            end = time.perf_counter()
+            step_ms = (end - last_end) * 1e3
+            last_end = end
+            losses.append(step_loss)
+            waits.append(wait_ms)
+            step_times.append(step_ms)
+            rec = {"step": s, "loss": round(step_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
+                   "tokens_per_s": round(tokens_per_step / (step_ms / 1e3), 1), "data_wait_ms": round(wait_ms, 3),
+                   "read_ms": round(batch.read_ms, 3), "step_ms": round(step_ms, 3), "label_tokens": n_labels,
+                   "shard": batch.shard, "data_digest": digest, "world_size": d.world_size}
+            if metrics:
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+            if d.is_main and not cfg.quiet and (done % cfg.log_every == 0 or done == stop):
+                line = (f"step {done:>6}/{total}  loss {step_loss:.4f}  lr {lr:.3e}  grad_norm {float(grad_norm):.3f}  "
+                        f"{rec['tokens_per_s']:>10,.0f} tok/s  data wait {wait_ms:7.2f} ms")
+                print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+    finally:
+        if metrics:
+            metrics.close()
+        if tty and d.is_main and not cfg.quiet and losses:
+            print()
+    wall = time.perf_counter() - t_run
+    summary = {
+        "steps_run": len(losses), "first_step": start, "next_step": start + len(losses), "total_steps": total,
+        "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+        "losses": losses, "wall_s": round(wall, 3),
+        "tokens_per_s": round(tokens_per_step * len(losses) / wall, 1) if losses else None,
+        "data_wait_ms": round(sum(waits), 3),
+        "data_wait_share": round(sum(waits) / sum(step_times), 6) if step_times else None,
+        "data_wait_share_after_first": (round(sum(waits[1:]) / sum(step_times[1:]), 6)
+                                        if len(step_times) > 1 else None),
+        "checkpoint": ckpt_path, "world_size": d.world_size,
+    }
+    if d.is_main:
+        if losses:
+            print(f"done: steps {start}..{start + len(losses) - 1} of {total} in {wall:.1f} s, loss "
+                  f"{losses[0]:.4f} -> {losses[-1]:.4f}, {summary['tokens_per_s']:,.0f} tok/s, data wait "
+                  f"{sum(waits):.1f} ms ({100 * summary['data_wait_share']:.2f}% of step time; "
+                  f"first step, whose read nothing can hide, included)"
+                  + (f", checkpoint {ckpt_path}" if ckpt_path else ""))
+        else:
+            print(f"nothing to do: the checkpoint is at step {start} of {total}")
+    return summary
+
+
+def _save(cfg, d, model, optimizer, schedule, mcfg, manifest_id, step) -> str | None:
+    path = None
+    if d.is_main:
+        state = {
+            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "schedule": schedule.to_dict(), "rng": checkpoint.rng_state(), "manifest_id": manifest_id,
+            "model_config": asdict(mcfg), "config": cfg.to_dict(), "world_size": d.world_size,
+        }
+        path = checkpoint.save(cfg.ckpt_dir, step, state, keep=cfg.keep_checkpoints)
+    dist.barrier(d)  # no rank runs ahead (or exits) before the checkpoint exists
+    return path
+
