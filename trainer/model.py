@@ -10,8 +10,10 @@ computed exactly as if it stood alone (the test checks this against running each
 
 Presets. The 7B is DeepSeek LLM 7B (30 layers, d 4096, 32 heads, FFN 11008). DeepSeekMath's 1.3B
 ablation model is "the same framework as DeepSeek LLMs"; its shape is not published, so the preset
-takes DeepSeek-Coder 1.3B's (24 layers, d 2048, 16 heads, FFN 5504), the same family. Both use the
-DeepSeek vocabulary, 100,015 ids padded to 102,400. `tiny` is for CPU tests and smoke runs; its
+takes DeepSeek-Coder 1.3B's (24 layers, d 2048, 16 heads, FFN 5504), the same family: 1.21B
+parameters without embeddings; with DeepSeek LLM's untied 102,400-row embeddings it has 1.63B in
+all (the Coder's 32K vocabulary made it 1.35B). Both use the DeepSeek vocabulary, 100,015 ids padded
+to 102,400. `tiny` is for CPU tests and smoke runs; its
 vocabulary is also 102,400 so it trains on DeepSeek-tokenized data (the embedding then dominates
 its size: 2 x 102400 x 128 = 26M of its 27M parameters).
 """

@@ -1,0 +1,90 @@
+"""The decoder: presets, shapes, and intra-document attention against documents run one by one."""
+
+import numpy as np
+import pytest
+import torch
+
+from shards.errors import ConfigError
+from trainer.data import MicroBatch
+from trainer.model import IGNORE, PRESETS, Decoder, next_token_loss_sum, preset
+from trainer.targets import doc_layout, make_targets
+
+CPU = torch.device("cpu")
+
+
+def test_presets_have_the_deepseek_shapes():
+    b7 = PRESETS["deepseek-7b"]
+    assert (b7.n_layers, b7.d_model, b7.ffn, b7.n_heads, b7.vocab_size, b7.context) == (30, 4096, 11008, 32, 102400, 4096)
+    assert 6.8e9 < b7.num_params() < 7.0e9  # DeepSeek LLM 7B: 6.9B
+    b1 = PRESETS["deepseek-1.3b"]
+    embed = 2 * b1.vocab_size * b1.d_model
+    assert 1.2e9 < b1.num_params() - embed < 1.3e9  # 1.21B without the (untied, 102400-row) embeddings
+    assert PRESETS["tiny"].vocab_size == 102400 and PRESETS["tiny"].rope_theta == 10000.0
+
+
+def test_embeddings_are_untied_and_params_counted():
+    model = Decoder(preset("tiny", vocab_size=64, context=16))
+    assert model.embed.weight.data_ptr() != model.lm_head.weight.data_ptr()
+    assert sum(p.numel() for p in model.parameters()) == model.cfg.num_params()
+
+
+def test_preset_override_must_be_positive():
+    with pytest.raises(ConfigError, match="vocab_size"):
+        preset("tiny", vocab_size=0)
+
+
+def test_doc_layout_of_two_documents_and_padding():
+    ids, pos, last = doc_layout([3, 4], 8)
+    assert ids.tolist() == [0, 0, 0, 1, 1, 1, 1, 2]
+    assert pos.tolist() == [0, 1, 2, 0, 1, 2, 3, 0]
+    assert last.tolist() == [2, 6]
+
+
+def _mb(tokens, lens):
+    t = torch.tensor([tokens], dtype=torch.int64)
+    return MicroBatch(range(0, 1), t, np.array([sum(lens)]), [np.array(lens)])
+
+
+def test_targets_mask_padding_and_document_ends():
+    # Tokens encode their document: 3 3 3 | 5 5 5 5 5 | pad pad
+    mb = _mb([3, 3, 3, 5, 5, 5, 5, 5, 0, 0], [3, 5])
+    _, causal, _, _ = make_targets(mb, doc=False, device=CPU)
+    assert causal[0].tolist() == [3, 3, 5, 5, 5, 5, 5, IGNORE, IGNORE, IGNORE]
+    _, doc, pos, ids = make_targets(mb, doc=True, device=CPU)
+    assert doc[0].tolist() == [3, 3, IGNORE, 5, 5, 5, 5, IGNORE, IGNORE, IGNORE]
+    assert pos[0].tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 0, 1]
+    assert ids[0].tolist() == [0, 0, 0, 1, 1, 1, 1, 1, 2, 2]
+
+
+def test_doc_attention_gives_the_loss_of_running_each_document_separately():
+    torch.manual_seed(0)
+    seq_len, lens = 24, [5, 9, 7]  # 3 documents and 3 padding tokens
+    model = Decoder(preset("tiny", vocab_size=64, context=seq_len)).eval()
+    gen = torch.Generator().manual_seed(1)
+    docs = [torch.randint(2, 64, (n,), generator=gen) for n in lens]
+    row = torch.cat(docs + [torch.zeros(seq_len - sum(lens), dtype=torch.int64)]).tolist()
+    tokens, labels, pos, ids = make_targets(_mb(row, lens), doc=True, device=CPU)
+    with torch.no_grad():
+        logits = model(tokens, pos, ids)
+        packed = next_token_loss_sum(logits, labels)
+        alone, start = 0.0, 0
+        for d in docs:
+            lab = torch.cat([d[1:], torch.tensor([IGNORE])])[None]
+            one = model(d[None])
+            alone += next_token_loss_sum(one, lab)
+            # Not only the loss: every position's logits are those of the document alone.
+            torch.testing.assert_close(logits[0, start:start + len(d)], one[0], atol=2e-5, rtol=1e-5)
+            start += len(d)
+    assert int((labels != IGNORE).sum()) == sum(n - 1 for n in lens)
+    torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-6)
+
+
+def test_causal_attention_sees_across_documents():
+    torch.manual_seed(0)
+    model = Decoder(preset("tiny", vocab_size=64, context=16)).eval()
+    row = list(range(2, 18))
+    tokens, _, _, _ = make_targets(_mb(row, [8, 8]), doc=False, device=CPU)
+    with torch.no_grad():
+        whole = model(tokens)[0, 8:]
+        second = model(tokens[:, 8:])[0]
+    assert not torch.allclose(whole, second, atol=1e-3)
