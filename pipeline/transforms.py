@@ -369,9 +369,10 @@ class WriteStepShards(beam.PTransform):
 # ---------------------------------------------------------------- WriteManifest
 
 def manifest_config(cfg: JobConfig) -> dict:
-    """The config recorded in the manifest: what decides the bytes (not workers or --overwrite)."""
+    """The config recorded in the manifest: what decides the bytes. Not where the output is (a
+    copied output stays byte-identical), nor --workers or --overwrite; report.json has those."""
     d = cfg.to_dict()
-    for k in ("workers", "overwrite"):
+    for k in ("workers", "overwrite", "output"):
         d.pop(k)
     return d
 
@@ -406,6 +407,7 @@ def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int) -> di
         "wall_seconds": round(wall, 3),
         "tokens_per_second": round(stats.get("tokens_read", 0) / wall, 1) if wall > 0 else None,
         "workers": job.cfg.workers,
+        "output": job.out,
         "_file_infos": [FileInfo(**{k: v for k, v in i.items() if k != "step"}) for i in files],
     }
 
