@@ -315,15 +315,15 @@ class PackRows(beam.PTransform):
 # ---------------------------------------------------------------- AssignSteps / WriteStepShards
 
 def step_tasks(files: list, rows_per_step: int):
-    """Row files in global order -> one task per step and one for the remainder."""
-    ordered = sorted(f for f in files if f[0] != "final")
-    final = [f for f in files if f[0] == "final"]
+    """Row files in global order (buckets, then the concat tail rows, then the final padded row)
+    -> one task per step and one for the remainder. The final row is the job's only padded
+    `concat` row: in the remainder, unless it completes the last step exactly."""
+    ordered = sorted(files, key=lambda f: f[1])
     steps, remainder = make_plan([(rel, n) for _, _, rel, n in ordered], rows_per_step)
     for s, slices in enumerate(steps):
         yield (s, [tuple(x) for x in slices])
-    remainder = [tuple(x) for x in remainder] + [(rel, 0, n) for _, _, rel, n in final]
     if remainder:
-        yield (-1, remainder)
+        yield (-1, [tuple(x) for x in remainder])
 
 
 class AssignSteps(beam.PTransform):

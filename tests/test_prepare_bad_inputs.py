@@ -1,0 +1,142 @@
+"""Bad inputs: malformed records go to rejects/ with the reason and the job carries on; a missing
+input, an unreadable tokenizer or a finished output stop the job before any work."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from shards import read_manifest
+from shards.verify import verify
+
+from .test_prepare_support import check_round_trip, expected_documents, parse, prepare
+
+GOOD = [f"Let x = {i}. Then x^2 = {i * i}, and the sum 1 + ... + x is {i * (i + 1) // 2}." for i in range(60)]
+
+
+def jsonl(records) -> bytes:
+    return "".join(json.dumps({"text": t, "id": i}) + "\n" for i, t in enumerate(records)).encode()
+
+
+@pytest.fixture
+def bad_corpus(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    lines = jsonl(GOOD[:20]).splitlines(keepends=True)
+    lines[3] = b'{"text": "unterminated\n'                      # bad JSON
+    lines[5] = b'{"body": "no text field"}\n'                   # missing field
+    lines[7] = b'{"text": "caf\xe9 latin-1 bytes"}\n'          # undecodable bytes
+    lines[9] = b'{"text": 17}\n'                                # not a string
+    lines[11] = b'{"text": "   \\n\\t  "}\n'                   # whitespace only: dropped, not rejected
+    lines[13] = b'{"text": ""}\n'                               # empty: dropped
+    lines[15] = b'[1, 2]\n'                                     # not an object
+    (d / "mixed.jsonl").write_bytes(b"".join(lines))
+    full = jsonl(GOOD[20:60] * 40)                               # 1600 records, so a cut lands mid-file
+    gz = gzip.compress(full, mtime=0)
+    (d / "cut.jsonl.gz").write_bytes(gz[: len(gz) // 2])         # truncated gzip
+    zs = zstandard.ZstdCompressor().compress(full)
+    (d / "cut.jsonl.zst").write_bytes(zs[: len(zs) // 2])        # truncated zstd
+    (d / "ok.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl(GOOD[20:30])))
+    pq.write_table(pa.table({"text": [GOOD[40], None, GOOD[41]]}), d / "nulls.parquet")
+    (d / "latin1.txt").write_bytes("na\xefve".encode("latin-1"))  # text file that is not UTF-8
+    (d / "good.txt").write_text(GOOD[50] * 30)
+    return d
+
+
+def test_bad_records_are_rejected_with_reasons_and_good_ones_all_kept(tmp_path, bad_corpus):
+    out = str(tmp_path / "out")
+    argv = ["--input", str(bad_corpus / "*"), "--output", out, "--seq-len", "64", "--rows-per-step", "4",
+            "--workers", "2"]
+    assert prepare(*argv) == 0
+    assert verify(out) == []
+    rejects = [json.loads(x) for x in open(os.path.join(out, "rejects", "rejects.jsonl"))]
+    by = {(os.path.basename(r["file"]), r["record"]): r["reason"] for r in rejects}
+    assert by[("mixed.jsonl", 3)] == "bad_json"
+    assert by[("mixed.jsonl", 5)] == "missing_field"
+    assert by[("mixed.jsonl", 7)] == "bad_utf8"
+    assert by[("mixed.jsonl", 9)] == "bad_field"
+    assert by[("mixed.jsonl", 15)] == "bad_json"
+    assert by[("nulls.parquet", 1)] == "missing_field"
+    assert by[("latin1.txt", 0)] == "bad_utf8"
+    assert [r["reason"] for r in rejects if r["file"].endswith("cut.jsonl.gz")] == ["truncated"]
+    assert [r["reason"] for r in rejects if r["file"].endswith("cut.jsonl.zst")] == ["truncated"]
+    assert all(r["detail"] for r in rejects)
+    # Every good document is kept and decodes back; read = kept + dropped for documents and tokens.
+    report = check_round_trip(out, parse(*argv))
+    d = report["documents"]
+    assert d["dropped_by_reason"]["empty"] == 2
+    assert d["dropped_by_reason"]["bad_json"] == 2 and d["dropped_by_reason"]["truncated"] == 2
+    assert report["rejects"] == len(rejects) == 9
+    gz_kept = [k for k in expected_documents(parse(*argv))[0]]
+    assert len(gz_kept) == d["kept"]
+    assert d["kept"] > 20 - 7 + 10 + 2 + 1 + 100  # the records before each cut are kept
+
+
+def test_min_and_max_chars_drop_documents_by_reason(tmp_path, bad_corpus):
+    out = str(tmp_path / "out")
+    argv = ["--input", str(bad_corpus / "mixed.jsonl"), "--input", str(bad_corpus / "good.txt"), "--output", out,
+            "--seq-len", "64", "--rows-per-step", "2", "--min-chars", "60", "--max-chars", "1000", "--workers", "1"]
+    assert prepare(*argv) == 0
+    report = check_round_trip(out, parse(*argv))
+    reasons = report["documents"]["dropped_by_reason"]
+    assert reasons["too_long"] == 1 and reasons["too_short"] > 0
+    assert report["tokens"]["dropped_by_reason"]["too_long"] > 0
+
+
+def test_a_missing_input_stops_the_job_before_any_work(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert prepare("--input", str(tmp_path / "nope" / "*.jsonl"), "--output", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "matches no file" in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_an_unreadable_tokenizer_stops_the_job_before_any_work(tmp_path, bad_corpus, capsys):
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text("{not json")
+    out = tmp_path / "out"
+    assert prepare("--input", str(bad_corpus / "good.txt"), "--output", str(out), "--tokenizer", str(bad)) == 2
+    assert "cannot load tokenizer" in capsys.readouterr().err
+    assert prepare("--input", str(bad_corpus / "good.txt"), "--output", str(out),
+                   "--tokenizer", str(tmp_path / "missing.json")) == 2
+    assert "neither a preset" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_finished_output_is_kept_unless_overwrite(tmp_path, bad_corpus, capsys):
+    out = str(tmp_path / "out")
+    argv = ["--input", str(bad_corpus / "good.txt"), "--output", out, "--seq-len", "64", "--rows-per-step", "2",
+            "--workers", "1"]
+    assert prepare(*argv) == 0
+    before = read_manifest(out)
+    assert prepare(*argv, "--seq-len", "32") == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert read_manifest(out) == before
+    assert prepare(*argv, "--seq-len", "32", "--overwrite") == 0
+    assert read_manifest(out).seq_len == 32 and verify(out) == []
+
+
+def test_global_batch_tokens_that_seq_len_does_not_divide_names_the_nearest_values(tmp_path, capsys):
+    assert prepare("--input", "x.jsonl", "--output", str(tmp_path), "--seq-len", "4096",
+                   "--global-batch-tokens", "4200000") == 2
+    err = capsys.readouterr().err
+    assert "4,198,400 (1025 rows)" in err and "4,202,496 (1026 rows)" in err
+
+
+def test_hf_save_to_disk_directory_is_an_input(tmp_path):
+    import datasets
+
+    d = str(tmp_path / "hf")
+    datasets.Dataset.from_dict({"question": GOOD[:30], "answer": [str(i) for i in range(30)]}).save_to_disk(d)
+    out = str(tmp_path / "out")
+    argv = ["--input", d, "--text-field", "{question}\n#### {answer}", "--output", out, "--seq-len", "32",
+            "--rows-per-step", "4", "--unit-mb", "0.001", "--workers", "2"]
+    assert prepare(*argv) == 0
+    report = check_round_trip(out, parse(*argv))
+    assert report["documents"]["kept"] == 30
