@@ -111,9 +111,10 @@ class StepStream:
         self.micro_batch = micro_batch
         self.doc_lens, self.prefetch = doc_lens, prefetch
         self.start, self.stop = start, stop
+        self.rows = range(self.micro_rows[0].start, self.micro_rows[-1].stop)
         n_slots = prefetch + 2
-        self._bufs = [np.empty((len(self.micro_rows), micro_batch, manifest.seq_len), np.int64)
-                      for _ in range(n_slots)]
+        # One buffer per slot for the rank's whole slice, read in one call; micro-batches are views.
+        self._bufs = [np.empty((len(self.rows), manifest.seq_len), np.int64) for _ in range(n_slots)]
         self._queue: queue.Queue = queue.Queue(maxsize=max(prefetch, 1))
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -125,22 +126,24 @@ class StepStream:
         info = self.m.steps[shard]
         buf = self._bufs[slot]
         need_used = self.doc_lens or info.padding > 0
-        micro = []
         with open_step(fs.join(self.data, info.file)) as f:
             if f.seq_len != self.m.seq_len:
                 raise ConfigError(f"{info.file} has seq_len {f.seq_len}, the manifest says {self.m.seq_len}; "
                                   "run 'steppack shards verify'")
-            for j, rows in enumerate(self.micro_rows):
-                if need_used:
-                    block = f.read(rows)
-                    np.copyto(buf[j], block.tokens, casting="safe")
-                    used = block.row_used()
-                    lens = ([np.array(block.row_doc_lens(i), np.int64) for i in range(len(rows))]
-                            if self.doc_lens else None)
-                else:
-                    f.read_tokens_into(rows, buf[j])
-                    used, lens = None, None
-                micro.append(MicroBatch(rows, torch.from_numpy(buf[j]), used, lens))
+            if need_used:
+                block = f.read(self.rows)
+                np.copyto(buf, block.tokens, casting="safe")
+                used = block.row_used()
+                lens = np.split(block.doc_lens.astype(np.int64), block.piece_offsets[1:-1]) if self.doc_lens else None
+            else:
+                f.read_tokens_into(self.rows, buf)
+                used, lens = None, None
+        tokens = torch.from_numpy(buf)
+        micro = []
+        for rows in self.micro_rows:
+            i, j = rows.start - self.rows.start, rows.stop - self.rows.start
+            micro.append(MicroBatch(rows, tokens[i:j], None if used is None else used[i:j],
+                                    None if lens is None else lens[i:j]))
         return StepBatch(step, shard, micro, (time.perf_counter() - t0) * 1e3)
 
     def _produce(self) -> None:
