@@ -6,8 +6,8 @@
    into the same int64 micro-batch buffers. Same run, same page cache (each is read once before
    timing), median of --repeats rounds. With --attention doc the path also reads doc_lens.
 2. The share of step time the training loop waited for data, training `tiny` for --train-steps
-   steps with the background prefetch on; reported with and without the first step (whose read
-   nothing can hide).
+   steps with the background prefetch on (the first step is read while the model is built);
+   reported over all steps and over the steps after the first.
 
     python bench/train_data.py                  # 4 steps of 1024 x 4096 uint32, worlds 1 and 8, micro-batch 4
     python bench/train_data.py --data OUT       # prepared shards instead of random ones (part 1)

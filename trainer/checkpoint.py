@@ -44,6 +44,11 @@ def latest(ckpt_dir: str) -> str | None:
     return found[-1][1] if found else None
 
 
+def step_of(path: str) -> int:
+    """The step a checkpoint holds, from its name (so the data can be read before the file is loaded)."""
+    return int(NAME.match(os.path.basename(path)).group(1))
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():

@@ -167,6 +167,12 @@ class StepStream:
                 continue
         return False
 
+    def start_prefetch(self) -> None:
+        """Start reading in the background now (e.g. while the model is being built); idempotent."""
+        if self.prefetch and self._thread is None and not self._stop.is_set():
+            self._thread = threading.Thread(target=self._produce, name="steppack-prefetch", daemon=True)
+            self._thread.start()
+
     def __iter__(self):
         """Yields (StepBatch, wait_ms): wait_ms is how long the training thread waited for the data."""
         if self.prefetch == 0:
@@ -175,8 +181,7 @@ class StepStream:
                 batch = self.load(step, step % len(self._bufs))
                 yield batch, (time.perf_counter() - t0) * 1e3
             return
-        self._thread = threading.Thread(target=self._produce, name="steppack-prefetch", daemon=True)
-        self._thread.start()
+        self.start_prefetch()
         try:
             for _ in range(self.start, self.stop):
                 t0 = time.perf_counter()

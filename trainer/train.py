@@ -20,6 +20,7 @@ from dataclasses import asdict
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from shards.errors import InternalError
 from shards.manifest import read_manifest
 
 from . import checkpoint, dist
@@ -55,28 +56,38 @@ def _run(cfg: TrainConfig, d: dist.Dist) -> dict:
     manifest_id = manifest_identity(m)
     say = print if d.is_main and not cfg.quiet else (lambda *a, **k: None)
 
+    path = checkpoint.latest(cfg.ckpt_dir) if cfg.resume else None
+    if cfg.resume and path is None:
+        say(f"no checkpoint in {cfg.ckpt_dir}: starting at step 0")
+    start = checkpoint.step_of(path) if path else 0
+    stop = total if cfg.exit_after is None else min(total, start + cfg.exit_after)
+    # Made first: a micro-batch that does not divide the rows fails here with its message, before any
+    # collective; and the first step is read while the model is built and the checkpoint loaded.
+    stream = StepStream(cfg.data, m, rank=d.rank, world_size=d.world_size, micro_batch=cfg.micro_batch,
+                        start=start, stop=stop, doc_lens=cfg.attention == "doc", prefetch=cfg.prefetch)
+    stream.start_prefetch()
+    try:
+        return _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say)
+    finally:
+        stream.close()
+
+
+def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
+    start, stop, total = stream.start, stream.stop, schedule.total_steps
     torch.manual_seed(cfg.seed)
     model = Decoder(mcfg).to(d.device)
     optimizer = make_optimizer(model, schedule, cfg.weight_decay)
-    start = 0
-    if cfg.resume:
-        path = checkpoint.latest(cfg.ckpt_dir)
-        if path is None:
-            say(f"no checkpoint in {cfg.ckpt_dir}: starting at step 0")
-        else:
-            ckpt = checkpoint.load(path)
-            checkpoint.check_resumable(ckpt, path, manifest_id=manifest_id, model=asdict(mcfg),
-                                       schedule=schedule.to_dict())
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            checkpoint.set_rng_state(ckpt["rng"])
-            start = ckpt["step"]
-            say(f"resumed from {path}: step {start} of {total} (written by world size {ckpt['world_size']}, "
-                f"now {d.world_size})")
-    stop = total if cfg.exit_after is None else min(total, start + cfg.exit_after)
-    # Built before DDP so that a bad micro-batch/world size fails with its message, not in a collective.
-    stream = StepStream(cfg.data, m, rank=d.rank, world_size=d.world_size, micro_batch=cfg.micro_batch,
-                        start=start, stop=stop, doc_lens=cfg.attention == "doc", prefetch=cfg.prefetch)
+    if path:
+        ckpt = checkpoint.load(path)
+        checkpoint.check_resumable(ckpt, path, manifest_id=manifest_id, model=asdict(mcfg),
+                                   schedule=schedule.to_dict())
+        if ckpt["step"] != start:
+            raise InternalError(f"{path} holds step {ckpt['step']}, its name says {start}")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        checkpoint.set_rng_state(ckpt["rng"])
+        say(f"resumed from {path}: step {start} of {total} (written by world size {ckpt['world_size']}, "
+            f"now {d.world_size})")
     ddp = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.initialized else None
     step_model = ddp or model
     doc = cfg.attention == "doc"
@@ -85,7 +96,7 @@ def _run(cfg: TrainConfig, d: dist.Dist) -> dict:
     if start < stop:
         say(f"training {cfg.model} ({mcfg.num_params() / 1e6:.1f}M parameters, {cfg.attention} attention) on "
             f"{cfg.data}: steps {start}..{stop - 1} of {total}, {m.rows_per_step} rows x {m.seq_len} tokens per "
-            f"step, world size {d.world_size}, {n_micro} micro-batches of {cfg.micro_batch} rows per rank, "
+            f"step, world size {d.world_size}, {n_micro} x {cfg.micro_batch}-row micro-batches per rank, "
             f"device {d.device}")
 
     metrics = open(cfg.metrics, "a") if cfg.metrics and d.is_main else None
@@ -159,8 +170,7 @@ def _run(cfg: TrainConfig, d: dist.Dist) -> dict:
         if losses:
             print(f"done: steps {start}..{start + len(losses) - 1} of {total} in {wall:.1f} s, loss "
                   f"{losses[0]:.4f} -> {losses[-1]:.4f}, {summary['tokens_per_s']:,.0f} tok/s, data wait "
-                  f"{sum(waits):.1f} ms ({100 * summary['data_wait_share']:.2f}% of step time; "
-                  f"first step, whose read nothing can hide, included)"
+                  f"{sum(waits):.1f} ms ({100 * summary['data_wait_share']:.3f}% of step time)"
                   + (f", checkpoint {ckpt_path}" if ckpt_path else ""))
         else:
             print(f"nothing to do: the checkpoint is at step {start} of {total}")
