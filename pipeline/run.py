@@ -67,11 +67,15 @@ def pipeline_options(cfg: JobConfig, beam_args: list[str]):
         direct = options.view_as(DirectOptions)
         direct.direct_num_workers = cfg.workers
         direct.direct_running_mode = "multi_processing"
-    elif not fs.is_local(cfg.output):
-        pass
     elif "Dataflow" in runner:
-        raise ConfigError(f"--output {cfg.output} is a local path; Dataflow workers cannot write it. "
-                          "Give a gs:// output.")
+        # Remote workers see neither the launcher's disk nor its working directory.
+        if fs.is_local(cfg.output):
+            raise ConfigError(f"--output {cfg.output} is a local path; Dataflow workers cannot write it. "
+                              "Give a gs:// output.")
+        local = [p for s in cfg.sources for p in s.paths if fs.is_local(p)]
+        if local:
+            raise ConfigError(f"input {local[0]} is a local path; Dataflow workers cannot read it. "
+                              "Copy the corpus to gs:// and point the source there.")
     return options, runner
 
 

@@ -8,6 +8,7 @@ sees the whole document; byte-level BPE decodes the joined ids back to the exact
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -49,6 +50,19 @@ def tokenizer_info(cfg: JobConfig, tok=None) -> TokenizerInfo:
     )
 
 
+def shipped_json(cfg: JobConfig) -> str | None:
+    """The tokenizer.json text to ship with the job when it is a path, not a preset.
+
+    A preset comes with its package (a dependency of steppack, installed on every worker); a
+    path on the launching machine does not exist on a Dataflow worker, so its JSON (a few MB)
+    travels inside the TokenizeDocs step instead.
+    """
+    if cfg.tokenizer in shtok.PRESETS:
+        return None
+    with open(shtok.resolve_path(cfg.tokenizer), "rb") as f:
+        return f.read().decode("utf-8")
+
+
 def split_text(text: str, piece_chars: int) -> list[str]:
     """Cut `text` into pieces of at most `piece_chars` characters, at a newline or space when one
     lies in the second half of the window."""
@@ -70,12 +84,18 @@ def split_text(text: str, piece_chars: int) -> list[str]:
 class DocTokenizer:
     """One per worker process: encodes batches of documents to uint32 arrays with BOS/EOS."""
 
-    def __init__(self, cfg: JobConfig, info: TokenizerInfo):
+    def __init__(self, cfg: JobConfig, info: TokenizerInfo, json_text: str | None = None):
         # One tokenizer thread per worker process: the job runs one process per core, and two
         # single-threaded processes outrun one process with two threads (no rayon hand-offs).
         os.environ.setdefault("RAYON_NUM_THREADS", "1")
-        self.tok = shtok.load(cfg.tokenizer)
-        got = shtok.file_sha256(shtok.resolve_path(cfg.tokenizer))
+        if json_text is not None:  # a path tokenizer shipped inside the job (see shipped_json)
+            from tokenizers import Tokenizer
+
+            self.tok = Tokenizer.from_str(json_text)
+            got = hashlib.sha256(json_text.encode("utf-8")).hexdigest()
+        else:
+            self.tok = shtok.load(cfg.tokenizer)
+            got = shtok.file_sha256(shtok.resolve_path(cfg.tokenizer))
         if got != info.sha256:
             raise ConfigError(f"tokenizer {cfg.tokenizer} on this worker has sha256 {got}, the job was "
                               f"planned with {info.sha256}; install the same tokenizer everywhere")

@@ -37,7 +37,7 @@ from .config import JobConfig
 from .packing import ConcatPacker, Packing, packer
 from .plan import doc_id, make_plan, shuffle_key
 from .sources import Reject, Unit, read_unit
-from .tokenize import DocTokenizer
+from .tokenize import DocTokenizer, shipped_json
 
 NS = "steppack"
 REJECTS_FILE = f"{REJECTS_DIR}/rejects.jsonl"
@@ -139,11 +139,12 @@ def drop_reason(text: str, cfg: JobConfig) -> str | None:
 class TokenizeFn(beam.DoFn):
     """(source, name, key, [(record, text)]) -> [(shuffle key, Doc)] of the kept documents."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, tokenizer_json: str | None = None):
         self.job = job
+        self.tokenizer_json = tokenizer_json
 
     def setup(self):
-        self.tok = DocTokenizer(self.job.cfg, self.job.tokenizer)
+        self.tok = DocTokenizer(self.job.cfg, self.job.tokenizer, self.tokenizer_json)
         self.progress = None
         if fs.is_local(self.job.out):
             self.progress = os.path.join(self.job.out, bk.WORK_DIR, "progress", uuid.uuid4().hex + ".json")
@@ -204,7 +205,8 @@ class TokenizeDocs(beam.PTransform):
         self.job = job
 
     def expand(self, docs):
-        return docs | "Tokenize" >> beam.ParDo(TokenizeFn(self.job)).with_outputs("stats", main="tokens")
+        fn = TokenizeFn(self.job, shipped_json(self.job.cfg))
+        return docs | "Tokenize" >> beam.ParDo(fn).with_outputs("stats", main="tokens")
 
 
 # ---------------------------------------------------------------- SpillBuckets

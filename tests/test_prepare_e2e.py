@@ -99,3 +99,27 @@ def test_prepare_whole_shared_corpus_every_format_round_trips(tmp_path, corpus, 
     assert report["documents"]["kept"] > 16000 and len(m.sources) == 7 and all(s.documents for s in m.sources)
     assert report["buckets"] > 1
     json.dumps(report)
+
+
+def test_a_tokenizer_json_path_is_shipped_to_workers_and_recorded(tmp_path):
+    from shards import tokenizer as shtok
+
+    path = shtok.resolve_path("deepseek-llm")
+    out = str(tmp_path / "out")
+    argv = ["--input", os.path.join(SAMPLES, "math", "math500.jsonl"), "--text-field", "{problem}\n{solution}",
+            "--output", out, "--seq-len", "128", "--rows-per-step", "8", "--tokenizer", path,
+            "--eos-token", "<｜end▁of▁sentence｜>", "--workers", "2"]
+    assert prepare(*argv) == 0
+    m = read_manifest(out)
+    assert m.tokenizer.name == path and not m.tokenizer.add_bos and m.tokenizer.add_eos
+    assert m.tokenizer.sha256 == shtok.file_sha256(path)
+    check_round_trip(out, parse(*argv))
+
+
+def test_dataflow_with_local_paths_is_refused_before_submission(tmp_path, capsys):
+    argv = ["--config", JOB, "--output", "gs://bucket/out", "--runner", "DataflowRunner", "--project", "p",
+            "--region", "r", "--temp_location", "gs://bucket/tmp"]
+    assert prepare(*argv) == 2
+    assert "Dataflow workers cannot read it" in capsys.readouterr().err
+    assert prepare("--config", JOB, "--output", str(tmp_path), *argv[4:]) == 2
+    assert "Give a gs:// output" in capsys.readouterr().err
