@@ -150,19 +150,20 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="tokenizer threads of the raw limit")
     ap.add_argument("--repeats", type=int, default=1, help="runs per figure; the median is reported")
+    ap.add_argument("--skip-limit", action="store_true", help="only the prepare runs (peak memory checks)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not os.path.isdir(args.corpus):
         print(f"no corpus at {args.corpus}", file=sys.stderr)
         return 2
-    multiples = [int(x) for x in args.multiples.split(",")]
+    multiples = sorted(int(x) for x in args.multiples.split(","))
     results = {"machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python "
                           f"{platform.python_version()}", "workers": args.workers, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="steppack-bench-") as tmp:
-        for k in multiples:
+        for k in multiples:  # the limit is measured over the first (smallest) multiple's texts
             d = os.path.join(tmp, f"x{k}")
             job = make_corpus(args.corpus, d, k)
-            if "limit" not in results:
+            if "limit" not in results and not args.skip_limit:
                 lim = [measure_limit(job, args.threads) for _ in range(args.repeats)]
                 results["limit"] = {
                     fn: {"multiple": k, "tokens": lim[0][fn]["tokens"],
@@ -171,9 +172,10 @@ def main(argv=None) -> int:
             runs = [run_prepare(job, os.path.join(d, "out"), args.workers) for _ in range(args.repeats)]
             results["runs"][k] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
             shutil.rmtree(d)
-    limit = results["limit"]["encode_batch_fast"]["tokens_per_s"]
+    limit = results["limit"]["encode_batch_fast"]["tokens_per_s"] if "limit" in results else float("nan")
     print(f"machine: {results['machine']}; prepare --workers {args.workers}; medians of {args.repeats}")
-    print(f"raw limit, {args.threads} threads: encode_batch_fast {limit / 1e6:.3f}M tok/s, "
+    if "limit" in results:
+        print(f"raw limit, {args.threads} threads: encode_batch_fast {limit / 1e6:.3f}M tok/s, "
           f"encode_batch {results['limit']['encode_batch']['tokens_per_s'] / 1e6:.3f}M tok/s "
           f"(x{multiples[0]} corpus, {results['limit']['encode_batch_fast']['tokens'] / 1e6:.1f}M tokens)")
     print(f"{'corpus':>7} {'tokens':>12} {'wall s':>8} {'tok/s':>10} {'ratio':>6} {'peak RSS MiB':>13}")
