@@ -62,6 +62,13 @@ def pipeline_options(cfg: JobConfig, beam_args: list[str]):
     from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
     options = PipelineOptions(beam_args)
+    known = set(options.get_all_options(drop_default=False))
+    for a in beam_args:
+        if a.startswith("--"):
+            name = a[2:].split("=", 1)[0]
+            if name.replace("-", "_") not in known:
+                raise ConfigError(f"unknown flag {a.split('=', 1)[0]}: neither a prepare flag "
+                                  "(see steppack prepare --help) nor a Beam pipeline option")
     runner = options.view_as(StandardOptions).runner
     if runner is None:
         direct = options.view_as(DirectOptions)

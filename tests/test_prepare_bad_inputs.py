@@ -140,3 +140,22 @@ def test_hf_save_to_disk_directory_is_an_input(tmp_path):
     assert prepare(*argv) == 0
     report = check_round_trip(out, parse(*argv))
     assert report["documents"]["kept"] == 30
+
+
+def test_a_misspelt_flag_is_refused_not_silently_passed_to_beam(tmp_path, capsys):
+    assert prepare("--input", "x.jsonl", "--output", str(tmp_path / "o"), "--seqlen", "512") == 2
+    assert "unknown flag --seqlen" in capsys.readouterr().err
+
+
+def test_a_corpus_with_nothing_usable_gives_an_empty_but_complete_output(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_bytes(b'{"text": "  "}\n{"nope": 1}\n')
+    out = str(tmp_path / "out")
+    argv = ["--input", str(d / "a.jsonl"), "--output", out, "--seq-len", "16", "--rows-per-step", "2", "--workers", "1"]
+    assert prepare(*argv) == 0
+    m = read_manifest(out)
+    assert m.num_steps == 0 and m.remainder is None and verify(out) == []
+    report = check_round_trip(out, parse(*argv))
+    assert report["documents"] == {"read": 2, "kept": 0, "dropped": 2,
+                                   "dropped_by_reason": {"empty": 1, "missing_field": 1}}
