@@ -7,7 +7,7 @@ from shards import read_manifest
 from shards.errors import ConfigError
 from steppack.cli import main
 from tests.shardgen import make_output
-from tests.trainer_util import tokens_of, train_args, write_rows
+from tests.test_trainer_support import tokens_of, train_args, write_rows
 from trainer.data import StepStream, check_model_fits_data, manifest_identity, total_steps
 
 
@@ -114,3 +114,15 @@ def test_cli_prints_user_errors_without_traceback(out, tmp_path, capsys, extra, 
     assert main(args + extra) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("attention,labels", [("causal", 4 + 7), ("doc", 2 + 1 + 7)])
+def test_padding_and_document_ends_carry_no_loss_in_a_real_run(tmp_path, attention, labels):
+    from tests.test_trainer_support import read_metrics
+
+    out = str(tmp_path / "pad")
+    rows = [([3, 3, 3, 5, 5], [3, 2]), ([7] * 8, [8])]  # row 0: two documents, then 3 padding tokens
+    write_rows(out, [rows, rows], seq_len=8)
+    metrics = str(tmp_path / "m.jsonl")
+    assert main(train_args(out, tmp_path, "--attention", attention, "--metrics", metrics, vocab=64, context=8)) == 0
+    assert [r["label_tokens"] for r in read_metrics(metrics)] == [labels, labels]

@@ -8,7 +8,7 @@ import torch
 from shards.errors import ConfigError
 from steppack.cli import main
 from tests.shardgen import make_output
-from tests.trainer_util import digests, read_metrics, torchrun, train_args
+from tests.test_trainer_support import digests, read_metrics, torchrun, train_args
 from trainer import checkpoint
 
 

@@ -1,4 +1,4 @@
-"""Helpers for the trainer tests: hand-made outputs with padding, and running `steppack train`."""
+"""Helpers for the trainer tests (no tests here): hand-made outputs with padding, running `steppack train`."""
 
 from __future__ import annotations
 
