@@ -109,7 +109,8 @@ class JobConfig:
     tokenizer: str = DEFAULT_TOKENIZER
     """A preset (deepseek-llm) or the path of a tokenizer.json."""
     specials: Specials | None = None
-    """BOS/EOS around each document; default bos+eos for a preset, none for a plain tokenizer.json."""
+    """BOS/EOS around each document; default bos+eos for a preset; for a plain tokenizer.json eos
+    when --eos-token is given, else none."""
     bos_token: str | None = None
     """BOS token string for a plain tokenizer.json (presets know theirs)."""
     eos_token: str | None = None
