@@ -112,25 +112,38 @@ class StepFile:
             i += n
         return out
 
+    def _list(self, batch: pa.RecordBatch, k: int, lo: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets rebased to 0, values) of list column `k` for rows lo..lo+n of a batch, as views."""
+        bufs = batch.column(k).buffers()  # [validity, offsets, child validity, child values]
+        offsets = np.frombuffer(bufs[1], np.int32, count=batch.num_rows + 1)[lo : lo + n + 1]
+        values = np.frombuffer(bufs[3], dtype)[offsets[0] : offsets[-1]] if offsets[-1] > offsets[0] else np.zeros(0, dtype)
+        return offsets.astype(np.int64) - offsets[0], values
+
+    def read_doc_lens(self, rows: range) -> tuple[np.ndarray, np.ndarray]:
+        """(piece_offsets, doc_lens) of `rows` without touching the other columns: what intra-document
+        attention and loss masks need besides the tokens."""
+        parts = [self._list(b, 1, lo, n, np.int32) for b, lo, n in self._pieces(rows)]
+        return _join_lists(parts, np.int32)
+
     def read(self, rows: range | None = None) -> RowBlock:
         """All columns of `rows` as a RowBlock."""
         rows = range(self.num_rows) if rows is None else rows
-        blocks = []
-        for batch, lo, n in self._pieces(rows):
-            lists = [batch.column(k).slice(lo, n) for k in (1, 2, 3)]
-            offsets = lists[0].offsets.to_numpy().astype(np.int64)
-            blocks.append(
-                RowBlock(
-                    self._tokens(batch, lo, n),
-                    offsets - offsets[0],
-                    *(col.flatten().to_numpy(zero_copy_only=False) for col in lists),
-                )
-            )
-        if not blocks:
-            z = np.zeros(0)
-            return RowBlock(np.empty((0, self.seq_len), np.dtype(self.dtype)), np.zeros(1, np.int64),
-                            z.astype(np.int32), z.astype(np.uint64), z.astype(np.uint16))
-        return RowBlock.concat(blocks)
+        pieces = list(self._pieces(rows))
+        lens = [self._list(b, 1, lo, n, np.int32) for b, lo, n in pieces]
+        offsets, doc_lens = _join_lists(lens, np.int32)
+        _, doc_ids = _join_lists([self._list(b, 2, lo, n, np.uint64) for b, lo, n in pieces], np.uint64)
+        _, source = _join_lists([self._list(b, 3, lo, n, np.uint16) for b, lo, n in pieces], np.uint16)
+        return RowBlock(self.read_tokens(rows), offsets, doc_lens, doc_ids, source)
+
+
+def _join_lists(parts: list[tuple[np.ndarray, np.ndarray]], dtype) -> tuple[np.ndarray, np.ndarray]:
+    if not parts:
+        return np.zeros(1, np.int64), np.zeros(0, dtype)
+    if len(parts) == 1:
+        return parts[0]
+    starts = np.cumsum([0] + [len(v) for _, v in parts[:-1]])
+    offsets = np.concatenate([[0]] + [o[1:] + s for (o, _), s in zip(parts, starts)]).astype(np.int64)
+    return offsets, np.concatenate([v for _, v in parts])
 
 
 def open_step(uri: str) -> StepFile:

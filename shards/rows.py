@@ -17,6 +17,12 @@ import numpy as np
 from .errors import FormatError
 
 
+def row_used(piece_offsets: np.ndarray, doc_lens: np.ndarray) -> np.ndarray:
+    """Document tokens in each row, from the rows' piece offsets and lengths."""
+    csum = np.concatenate([[0], np.cumsum(doc_lens, dtype=np.int64)])
+    return csum[piece_offsets[1:]] - csum[piece_offsets[:-1]]
+
+
 @dataclass(frozen=True)
 class RowBlock:
     tokens: np.ndarray
@@ -44,8 +50,7 @@ class RowBlock:
 
     def row_used(self) -> np.ndarray:
         """Document tokens in each row (seq_len minus the row's padding)."""
-        csum = np.concatenate([[0], np.cumsum(self.doc_lens, dtype=np.int64)])
-        return csum[self.piece_offsets[1:]] - csum[self.piece_offsets[:-1]]
+        return row_used(self.piece_offsets, self.doc_lens)
 
     @classmethod
     def from_rows(

@@ -33,6 +33,7 @@ from shards import fs
 from shards.errors import ConfigError
 from shards.manifest import Manifest
 from shards.reader import open_step
+from shards.rows import row_used
 from shards.slicing import rank_micro_batches
 
 
@@ -130,14 +131,12 @@ class StepStream:
             if f.seq_len != self.m.seq_len:
                 raise ConfigError(f"{info.file} has seq_len {f.seq_len}, the manifest says {self.m.seq_len}; "
                                   "run 'steppack shards verify'")
+            f.read_tokens_into(self.rows, buf)
+            used, lens = None, None
             if need_used:
-                block = f.read(self.rows)
-                np.copyto(buf, block.tokens, casting="safe")
-                used = block.row_used()
-                lens = np.split(block.doc_lens.astype(np.int64), block.piece_offsets[1:-1]) if self.doc_lens else None
-            else:
-                f.read_tokens_into(self.rows, buf)
-                used, lens = None, None
+                offsets, doc_lens = f.read_doc_lens(self.rows)
+                used = row_used(offsets, doc_lens)
+                lens = np.split(doc_lens.astype(np.int64), offsets[1:-1]) if self.doc_lens else None
         tokens = torch.from_numpy(buf)
         micro = []
         for rows in self.micro_rows:
