@@ -132,10 +132,3 @@ def copy_samples(tmp_path) -> str:
     shutil.copytree(SAMPLES, dst)
     return dst
 
-
-def test_documents_of_reads_a_prepared_sample_back(tmp_path):
-    out = str(tmp_path / "out")
-    cfg_file = os.path.join(SAMPLES, "job.toml")
-    assert prepare("--config", cfg_file, "--output", out, "--workers", "1") == 0
-    got, _ = documents_of(out)
-    assert len(got) == read_manifest(out).sources[0].documents + sum(s.documents for s in read_manifest(out).sources[1:])
