@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import numpy as np
 import pytest
@@ -125,10 +124,4 @@ def output_bytes(out: str) -> dict[str, bytes]:
             if rel != REPORT_NAME:
                 files[rel] = open(os.path.join(root, n), "rb").read()
     return files
-
-
-def copy_samples(tmp_path) -> str:
-    dst = os.path.join(str(tmp_path), "samples")
-    shutil.copytree(SAMPLES, dst)
-    return dst
 
