@@ -69,6 +69,8 @@ class Unit:
     text: str
     part: int
     parts: int
+    weight: float = 0.0
+    """Estimated uncompressed bytes of this unit: orders units so that work spreads evenly."""
 
 
 def detect_format(path: str) -> tuple[str, str | None]:
@@ -134,7 +136,7 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], int]:
                 total += size
                 parts = max(1, math.ceil(size / unit_bytes))
                 units += [Unit(si, src.name, pattern, posixpath.basename(pattern.rstrip("/")), "hf", None,
-                               src.text, j, parts) for j in range(parts)]
+                               src.text, j, parts, size / parts) for j in range(parts)]
                 continue
             files = _match(pattern)
             if not files:
@@ -153,7 +155,8 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], int]:
                     parts = max(1, min(_row_groups(path), math.ceil(size * 3 / unit_bytes)))
                 else:
                     parts = 1
-                units += [Unit(si, src.name, path, key, fmt, comp, src.text, j, parts) for j in range(parts)]
+                weight = size * COMPRESSION_RATIO.get(comp, 1) * (3 if fmt == "parquet" else 1) / parts
+                units += [Unit(si, src.name, path, key, fmt, comp, src.text, j, parts, weight) for j in range(parts)]
     return units, total
 
 

@@ -118,10 +118,22 @@ class ReadDocuments(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "ListUnits" >> beam.Create(self.units)
-            | "SpreadUnits" >> beam.Reshuffle()
+            | "ListUnits" >> beam.Create(spread_order(self.units))
+            | "SpreadUnits" >> beam.GroupByKey()
+            | "Unkey" >> beam.FlatMap(lambda kv: kv[1])
             | "ReadUnits" >> beam.FlatMap(read_batches).with_outputs("rejects", "stats", main="docs")
         )
+
+
+def spread_order(units: list[Unit]) -> list[tuple[int, Unit]]:
+    """Units keyed 0, 1, 2, ... heaviest first, for a GroupByKey that spreads them over workers.
+
+    The local FnApiRunner deals grouped keys to its workers round-robin in the order they arrive,
+    so heaviest-first dealing is a longest-processing-time schedule (a random Reshuffle left one
+    of two workers idle for a while); other runners just see distinct keys, as with Reshuffle.
+    """
+    order = sorted(range(len(units)), key=lambda i: (-units[i].weight, i))
+    return [(k, units[i]) for k, i in enumerate(order)]
 
 
 # ---------------------------------------------------------------- TokenizeDocs
