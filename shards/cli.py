@@ -100,7 +100,8 @@ def cmd_stats(args) -> int:
     print(f"{args.out} ({where}): {s['steps']} steps x {s['rows_per_step']} rows x {s['seq_len']} tokens, "
           f"{s['rows']:,} rows ({s['remainder_rows']} in the remainder)")
     print(f"  tokens         {s['tokens']:,} document tokens, {s['padding']:,} padding ({s['padding_pct']:.2f}%)")
-    print(f"  documents      {s['documents']:,} in {s['pieces']:,} pieces; {s['documents_cut']:,} cut across rows")
+    print(f"  documents      {s['documents']:,} in {s['pieces']:,} pieces; {s['documents_cut']:,} cut across rows "
+          f"({s['cuts']:,} cuts)")
     print(f"  pieces/row     mean {_f(ppr['mean'])}  p50 {ppr['p50']}  p90 {ppr['p90']}  max {ppr['p100']}")
     print(f"  doc tokens     mean {_f(d['mean'])}  min {d['p0']}  p10 {d['p10']}  p50 {d['p50']}  p90 {d['p90']}  "
           f"p99 {d['p99']}  max {d['p100']}")

@@ -58,6 +58,7 @@ def compute(out: str, manifest: Manifest, *, include_remainder: bool = True) -> 
         "documents": int(len(uniq)),
         "pieces": int(len(lens)),
         "documents_cut": int((counts > 1).sum()),
+        "cuts": int(len(lens) - len(uniq)),
         "pieces_per_row": _dist(ppr, (0, 50, 90, 100)),
         "document_tokens": _dist(per_doc, PERCENTILES),
         "sources": [

@@ -100,6 +100,7 @@ def test_stats_counts_match_the_rows(tmp_path, capsys):
     assert s["tokens"] == sum(x["tokens"] for x in s["sources"])
     assert s["token_ids"]["max"] < m.tokenizer.vocab_size and s["token_ids"]["fits"]
     assert s["pieces"] == sum(i.pieces for i in m.steps) + m.remainder.pieces
+    assert s["cuts"] == s["pieces"] - s["documents"] and 0 < s["documents_cut"] <= s["cuts"]
     s2 = run_json(capsys, "shards", "stats", str(tmp_path), "--no-remainder")
     assert s2["rows"] == 8
 
