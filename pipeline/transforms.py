@@ -118,7 +118,9 @@ class ReadDocuments(beam.PTransform):
     def expand(self, pbegin):
         return (
             pbegin
-            | "ListUnits" >> beam.Create(spread_order(self.units))
+            # reshuffle=False: Create's default Reshuffle would put the units in random order
+            # before SpreadUnits, undoing the heaviest-first dealing.
+            | "ListUnits" >> beam.Create(spread_order(self.units), reshuffle=False)
             | "SpreadUnits" >> beam.GroupByKey()
             | "Unkey" >> beam.FlatMap(lambda kv: kv[1])
             | "ReadUnits" >> beam.FlatMap(read_batches).with_outputs("rejects", "stats", main="docs")
