@@ -160,6 +160,17 @@ class BestFitPacker:
         return [_row(pieces, self.seq_len, self.pad_id, self.dtype) for pieces in bins]
 
 
+def cut_documents(rows: Iterable[Row], pieces: Iterable[Doc] = ()) -> set[int]:
+    """Ids of the documents that appear as more than one piece among `rows` and `pieces`: the
+    documents cut across rows (a document id names one document, so this counts documents, not cuts)."""
+    seen: set[int] = set()
+    cut: set[int] = set()
+    ids = [i for r in rows for i in r.doc_ids] + [p.doc_id for p in pieces]
+    for i in ids:
+        (cut if i in seen else seen).add(i)
+    return cut
+
+
 def packer(policy: Packing | str, seq_len: int, pad_id: int, dtype=np.uint32):
     """A packer for `policy`."""
     policy = Packing(policy)

@@ -147,7 +147,7 @@ def summary(report: dict, out: str) -> str:
         f"({t['in_steps']:,} tokens)",
         f"  remainder  {r['remainder']:,} rows ({t['in_remainder']:,} tokens), set aside in {REMAINDER_FILE}",
         f"  padding    {report['padding_tokens']:,} tokens; documents cut across rows "
-        f"{report['documents_cut_across_rows']:,}; rejects {report['rejects']:,} (in {REJECTS_DIR}/)",
+        f"{report['documents_cut_across_rows']:,} ({report['cuts']:,} cuts); rejects {report['rejects']:,} (in {REJECTS_DIR}/)",
         f"  time       {report['wall_seconds']:.1f}s, {report['tokens_per_second'] / 1e6:.2f}M tokens/s "
         f"({report['workers']} workers, {report['buckets']} buckets)",
     ]

@@ -34,7 +34,7 @@ from shards.format import REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, step_file_na
 
 from . import buckets as bk
 from .config import JobConfig
-from .packing import ConcatPacker, Packing, packer
+from .packing import ConcatPacker, Packing, cut_documents, packer
 from .plan import doc_id, make_plan, shuffle_key
 from .sources import Reject, Unit, read_unit
 from .tokenize import DocTokenizer, shipped_json
@@ -276,13 +276,19 @@ class PackBucketFn(beam.DoFn):
         rows = []
         for _, d in docs:
             rows.extend(p.add(d))
-        if isinstance(p, ConcatPacker):
-            tail = p.pending()
-            if tail:
-                yield beam.pvalue.TaggedOutput("tails", (bucket, bk.pieces_to_bytes(tail)))
-        else:
+        tail = p.pending() if isinstance(p, ConcatPacker) else []
+        if not isinstance(p, ConcatPacker):
             rows.extend(p.flush())
         del docs
+        # A document lies in one bucket; the only one of its pieces that can travel on to
+        # pack_tails is the first tail piece, so pack_tails is told which tail ids are counted.
+        cut = cut_documents(rows, tail)
+        if tail:
+            counted = sorted({d.doc_id for d in tail} & cut)
+            yield beam.pvalue.TaggedOutput("tails", (bucket, bk.pieces_to_bytes(tail), counted))
+        stats = {"documents_cut": len(cut)}
+        count(stats)
+        yield beam.pvalue.TaggedOutput("stats", stats)
         if rows:
             rel = f"{bk.WORK_DIR}/buckets/bucket-{bucket:05d}.arrow"
             write_step(job.out, rel, bk.rows_to_block(rows, job.cfg.seq_len, dtype),
@@ -297,10 +303,15 @@ def pack_tails(tails: list, job: Job):
     dtype = np.dtype(job.dtype)
     p = ConcatPacker(job.cfg.seq_len, job.tokenizer.pad_id, dtype)
     rows = []
-    for _, items in sorted(tails, key=lambda t: t[0]):
+    counted = set()
+    for _, items, ids in sorted(tails, key=lambda t: t[0]):
+        counted.update(ids)
         for d in bk.pieces_from_bytes(items, dtype):
             rows.extend(p.add(d))
     final = p.flush()
+    stats = {"documents_cut": len(cut_documents(rows + final) - counted)}
+    count(stats)
+    yield beam.pvalue.TaggedOutput("stats", stats)
     for name, rs, order in (("tail", rows, job.buckets), ("final", final, job.buckets + 1)):
         if rs:
             rel = f"{bk.WORK_DIR}/buckets/{name}.arrow"
@@ -310,6 +321,8 @@ def pack_tails(tails: list, job: Job):
 
 
 class PackRows(beam.PTransform):
+    """Spill files -> row files (main output) and {"documents_cut": n} dicts ("stats")."""
+
     def __init__(self, job: Job):
         super().__init__()
         self.job = job
@@ -318,14 +331,16 @@ class PackRows(beam.PTransform):
         packed = (
             spills
             | "GroupSpillsByBucket" >> beam.GroupByKey()
-            | "PackBuckets" >> beam.ParDo(PackBucketFn(self.job)).with_outputs("tails", main="buckets")
+            | "PackBuckets" >> beam.ParDo(PackBucketFn(self.job)).with_outputs("tails", "stats", main="buckets")
         )
-        tail_rows = (
+        tail = (
             packed.tails
             | "GatherTails" >> beam.combiners.ToList()
-            | "PackTails" >> beam.FlatMap(pack_tails, self.job)
+            | "PackTails" >> beam.FlatMap(pack_tails, self.job).with_outputs("stats", main="rows")
         )
-        return (packed.buckets, tail_rows) | "AllRowFiles" >> beam.Flatten()
+        rows = (packed.buckets, tail.rows) | "AllRowFiles" >> beam.Flatten()
+        stats = (packed.stats, tail.stats) | "AllPackStats" >> beam.Flatten()
+        return rows, stats
 
 
 # ---------------------------------------------------------------- AssignSteps / WriteStepShards
@@ -415,7 +430,8 @@ def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int) -> di
                  "rows_per_step": job.cfg.rows_per_step, "seq_len": job.cfg.seq_len},
         "steps": len(steps),
         "padding_tokens": sum(i["padding"] for i in files),
-        "documents_cut_across_rows": pieces - kept_docs,
+        "documents_cut_across_rows": stats.get("documents_cut", 0),
+        "cuts": pieces - kept_docs,
         "pieces": pieces,
         "rejects": n_rejects,
         "buckets": job.buckets,
@@ -489,9 +505,9 @@ class Prepare(beam.PTransform):
         read = pbegin | "ReadDocuments" >> ReadDocuments(self.units)
         tok = read.docs | "TokenizeDocs" >> TokenizeDocs(job)
         spills = tok.tokens | "SpillBuckets" >> beam.ParDo(SpillFn(job))
-        row_files = spills | "PackRows" >> PackRows(job)
+        row_files, pack_stats = spills | "PackRows" >> PackRows(job)
         tasks = row_files | "AssignSteps" >> AssignSteps(job)
         infos = tasks | "WriteStepShards" >> WriteStepShards(job)
-        stats = ((read.stats, tok.stats) | "AllStats" >> beam.Flatten()
+        stats = ((read.stats, tok.stats, pack_stats) | "AllStats" >> beam.Flatten()
                  | "SumStats" >> beam.CombineGlobally(SumDicts()))
         return pbegin | "WriteManifest" >> WriteManifest(job, stats, infos, read.rejects)

@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.packing import BestFitPacker, ConcatPacker, Doc, Packing, pack
+from pipeline.packing import BestFitPacker, ConcatPacker, Doc, Packing, cut_documents, pack
 
 PAD = 0
 
@@ -37,6 +37,19 @@ def test_concat_add_returns_rows_as_soon_as_they_fill():
     assert len(p.add(d[2])) == 2
     assert [x.tokens.tolist() for x in p.pending()] == [[3]]
     assert p.flush() == []
+
+
+def test_cut_documents_counts_documents_not_cuts():
+    # seq_len 4: A (9 tokens) spans three rows (two cuts, one document); B fits; C is cut once,
+    # its last piece still pending in the packer.
+    p = ConcatPacker(4, PAD)
+    d = docs_of([9, 2, 3])
+    rows = [r for doc in d for r in p.add(doc)]
+    tail = p.pending()
+    assert [x.doc_id for x in tail] == [3]
+    assert cut_documents(rows, tail) == {1, 3}
+    assert cut_documents(rows) == {1}
+    assert cut_documents([]) == set()
 
 
 def test_bestfit_matches_the_docstring_trace():

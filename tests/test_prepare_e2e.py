@@ -29,7 +29,7 @@ def test_prepare_sample_gives_exact_steps_that_decode_to_every_document(tmp_path
     assert not os.path.exists(os.path.join(out, "_work"))
     # Golden: these change only on purpose (tokenizer, shuffle, packing or sample changes).
     assert (report["documents"]["read"], report["tokens"]["read"], report["steps"], report["rows"]["remainder"],
-            report["padding_tokens"], report["documents_cut_across_rows"]) == (676, 311991, 38, 2, 329, 607)
+            report["padding_tokens"], report["cuts"]) == (676, 311991, 38, 2, 329, 607)
     assert rows_digest(out) == GOLDEN_SAMPLE_ROWS
 
 

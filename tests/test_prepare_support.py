@@ -18,6 +18,7 @@ from pipeline.plan import doc_id
 from pipeline.sources import Reject, discover, read_unit
 from pipeline.transforms import drop_reason
 from shards import open_step, read_manifest
+from shards import stats as shards_stats
 from shards import tokenizer as shtok
 from shards.format import REPORT_NAME
 from steppack.cli import main as steppack_main
@@ -102,6 +103,9 @@ def check_round_trip(out: str, cfg) -> dict:
     report = json.load(open(os.path.join(out, REPORT_NAME)))
     check_counts(report, m)
     assert report["documents"]["kept"] == len(want)
+    # The job counts cut documents while packing (per bucket, then the tails); the output agrees.
+    st = shards_stats.compute(out, m)
+    assert (report["documents_cut_across_rows"], report["cuts"]) == (st["documents_cut"], st["cuts"])
     return report
 
 
