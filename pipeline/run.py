@@ -1,6 +1,6 @@
 """Launching the job: checks before any work, the runner, a live progress line, the summary.
 
-Locally the runner is Beam's FnApiRunner in multi-process mode (`--workers` SDK worker processes),
+Locally the runner is Beam's FnApiRunner with `--workers` SDK worker processes (`pipeline.worker`),
 named explicitly: in Beam 2.77 the default DirectRunner first tries to download the Prism binary,
 which an offline machine would wait on. Any other `--runner` (DataflowRunner, PortableRunner)
 comes with the flags Beam's PipelineOptions take.
@@ -25,6 +25,7 @@ from . import buckets as bk
 from .config import JobConfig
 from .sources import discover
 from .tokenize import tokenizer_info
+from .worker import quiet_logging
 
 
 def check_output(cfg: JobConfig) -> None:
@@ -71,9 +72,9 @@ def pipeline_options(cfg: JobConfig, beam_args: list[str]):
                                   "(see steppack prepare --help) nor a Beam pipeline option")
     runner = options.view_as(StandardOptions).runner
     if runner is None:
-        direct = options.view_as(DirectOptions)
-        direct.direct_num_workers = cfg.workers
-        direct.direct_running_mode = "multi_processing"
+        # `--workers` worker processes of our own command (make_runner); the running mode stays
+        # in_memory, else Beam would replace that command with its own.
+        options.view_as(DirectOptions).direct_num_workers = cfg.workers
     elif "Dataflow" in runner:
         # Remote workers see neither the launcher's disk nor its working directory.
         if fs.is_local(cfg.output):
@@ -89,8 +90,11 @@ def pipeline_options(cfg: JobConfig, beam_args: list[str]):
 def make_runner(runner_name):
     if runner_name is None:
         from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+        from apache_beam.transforms.environments import SubprocessSDKEnvironment
 
-        return FnApiRunner()
+        from .worker import command
+
+        return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command()))
     return None  # Beam resolves --runner itself
 
 
@@ -156,6 +160,7 @@ def summary(report: dict, out: str) -> str:
 
 def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = False) -> dict:
     """Run the job to completion and return report.json's contents."""
+    quiet_logging()  # before Beam's imports, which log through the root logger
     import apache_beam as beam
 
     from .transforms import Job, Prepare

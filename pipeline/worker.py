@@ -1,0 +1,61 @@
+"""Logging for the launcher and the local SDK worker processes, and the workers' entry point.
+
+Beam's local worker (`apache_beam.runners.worker.sdk_worker_main`) sets the root logger to INFO
+while it boots, and an import deep in Beam logs a warning about optional GCP client libraries
+through the root logger, which makes Python install a stderr handler for everything at INFO. A
+two-worker job then printed some thirty lines of harness chatter per worker around its summary.
+
+`quiet_logging()` installs the stderr handler first: warnings and errors of the job itself still
+print, the known start-up noise does not. Workers log ERROR and above to stderr only: what they log
+below that still travels to the runner through Beam's logging service, and a failing DoFn fails the
+job in the launcher with its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+# Messages that say nothing about the job: Beam's optional GCP clients, its boot sequence.
+NOISE = (
+    "apitools not found",
+    "No semi_persistent_directory found",
+    # FnApiRunner warns when workers > 1 in running mode in_memory, which is how run.py gets
+    # `--workers` processes of `command()` (the multi_processing mode would run Beam's own).
+    "If direct_num_workers is not equal to 1",
+)
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        return not any(n in msg for n in NOISE)
+
+
+def quiet_logging(level: int = logging.WARNING) -> None:
+    """A stderr handler at `level` on the root logger, without the known noise (idempotent)."""
+    root = logging.getLogger()
+    if any(getattr(h, "_steppack", False) for h in root.handlers):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_DropNoise())
+    handler._steppack = True
+    root.addHandler(handler)
+
+
+def command() -> str:
+    """The command line of a local worker process."""
+    return f"{sys.executable} -m pipeline.worker"
+
+
+def main() -> None:
+    quiet_logging(logging.ERROR)
+    from apache_beam.runners.worker import sdk_worker_main
+
+    sdk_worker_main.main(sys.argv)
+
+
+if __name__ == "__main__":
+    main()
