@@ -32,9 +32,12 @@ class StepFile:
             if fs.is_local(uri):
                 # Python's mmap rather than pa.memory_map: no madvise on every read, and measurably
                 # cheaper to open (0.18 vs 0.27 ms per 16 MiB step here); still zero-copy.
-                with open(fs.local_path(uri), "rb") as fh:
-                    self._mmap = mmap.mmap(fh.fileno(), 0, prot=mmap.PROT_READ) if os.fstat(fh.fileno()).st_size else None
-                self._source = pa.BufferReader(pa.py_buffer(self._mmap if self._mmap is not None else b""))
+                fd = os.open(fs.local_path(uri), os.O_RDONLY)
+                try:
+                    self._mmap = mmap.mmap(fd, 0, prot=mmap.PROT_READ) if os.fstat(fd).st_size else None
+                finally:
+                    os.close(fd)
+                self._source = pa.py_buffer(self._mmap if self._mmap is not None else b"")
             else:
                 filesystem, path = fs.filesystem(uri)
                 self._source = filesystem.open_input_file(path)
@@ -59,7 +62,8 @@ class StepFile:
     def close(self) -> None:
         """Release the file. Arrays read from a local file stay valid: they keep the mapping alive."""
         self._batches.clear()
-        self._source.close()
+        if isinstance(self._source, pa.NativeFile):
+            self._source.close()
 
     def __enter__(self) -> "StepFile":
         return self
