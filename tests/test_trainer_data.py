@@ -59,7 +59,8 @@ def test_padding_is_reported_per_row(tmp_path):
                              doc_lens=True)
     mb = batch.micro[0]
     assert mb.used.tolist() == [5, 8]
-    assert [x.tolist() for x in mb.doc_lens] == [[3, 2], [8]]
+    offsets, lens = mb.doc_lens
+    assert offsets.tolist() == [0, 2, 3] and lens.tolist() == [3, 2, 8]
     assert mb.tokens.tolist()[0] == [3, 3, 3, 5, 5, 0, 0, 0]
 
 

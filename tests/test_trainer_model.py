@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shards.errors import ConfigError
 from trainer.data import MicroBatch
@@ -34,15 +36,40 @@ def test_preset_override_must_be_positive():
 
 
 def test_doc_layout_of_two_documents_and_padding():
-    ids, pos, last = doc_layout([3, 4], 8)
-    assert ids.tolist() == [0, 0, 0, 1, 1, 1, 1, 2]
-    assert pos.tolist() == [0, 1, 2, 0, 1, 2, 3, 0]
+    ids, pos, last = doc_layout([0, 2], [3, 4], 8)
+    assert ids.tolist() == [[0, 0, 0, 1, 1, 1, 1, 2]]
+    assert pos.tolist() == [[0, 1, 2, 0, 1, 2, 3, 0]]
     assert last.tolist() == [2, 6]
+
+
+def test_doc_layout_over_rows_full_padded_and_empty():
+    # Row 0: 2 + 6 (full); row 1: 5 and 3 padding; row 2: all padding; row 3: 8.
+    ids, pos, last = doc_layout([0, 2, 3, 3, 4], [2, 6, 5, 8], 8)
+    assert ids.tolist() == [[0, 0, 1, 1, 1, 1, 1, 1], [0, 0, 0, 0, 0, 1, 1, 1],
+                            [0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0]]
+    assert pos.tolist() == [[0, 1, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 0, 1, 2],
+                            [0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7]]
+    assert last.tolist() == [1, 7, 12, 31]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.integers(1, 9), max_size=4), min_size=1, max_size=6))
+def test_doc_layout_matches_the_row_by_row_definition(rows):
+    seq_len = 40
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in rows])])
+    ids, pos, last = doc_layout(offsets, [x for r in rows for x in r], seq_len)
+    want_last = []
+    for i, lens in enumerate(rows):  # the definition: blocks restart ids and positions
+        blocks = lens + [seq_len - sum(lens)]
+        assert ids[i].tolist() == [k for k, n in enumerate(blocks) for _ in range(n)]
+        assert pos[i].tolist() == [p for n in blocks for p in range(n)]
+        want_last += [i * seq_len + e - 1 for e in np.cumsum(lens)]
+    assert last.tolist() == want_last
 
 
 def _mb(tokens, lens):
     t = torch.tensor([tokens], dtype=torch.int64)
-    return MicroBatch(range(0, 1), t, np.array([sum(lens)]), [np.array(lens)])
+    return MicroBatch(range(0, 1), t, np.array([sum(lens)]), (np.array([0, len(lens)]), np.array(lens)))
 
 
 def test_targets_mask_padding_and_document_ends():

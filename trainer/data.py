@@ -45,8 +45,9 @@ class MicroBatch:
     """(m, seq_len) int64, a view of the stream's preallocated buffer."""
     used: np.ndarray | None
     """(m,) document tokens per row (positions from `used` on are padding); None: no padding."""
-    doc_lens: list[np.ndarray] | None
-    """Per row, the lengths of its document pieces (only with attention='doc')."""
+    doc_lens: tuple[np.ndarray, np.ndarray] | None
+    """(piece_offsets, doc_lens) of the micro-batch's rows: row i's pieces are
+    doc_lens[piece_offsets[i]:piece_offsets[i + 1]] (only with attention='doc')."""
 
 
 @dataclass
@@ -132,17 +133,19 @@ class StepStream:
                 raise ConfigError(f"{info.file} has seq_len {f.seq_len}, the manifest says {self.m.seq_len}; "
                                   "run 'steppack shards verify'")
             f.read_tokens_into(self.rows, buf)
-            used, lens = None, None
+            used, offsets, doc_lens = None, None, None
             if need_used:
                 offsets, doc_lens = f.read_doc_lens(self.rows)
                 used = row_used(offsets, doc_lens)
-                lens = np.split(doc_lens.astype(np.int64), offsets[1:-1]) if self.doc_lens else None
         tokens = torch.from_numpy(buf)
         micro = []
         for rows in self.micro_rows:
             i, j = rows.start - self.rows.start, rows.stop - self.rows.start
-            micro.append(MicroBatch(rows, tokens[i:j], None if used is None else used[i:j],
-                                    None if lens is None else lens[i:j]))
+            lens = None
+            if self.doc_lens:
+                o = offsets[i : j + 1]
+                lens = (o - o[0], doc_lens[o[0] : o[-1]])
+            micro.append(MicroBatch(rows, tokens[i:j], None if used is None else used[i:j], lens))
         return StepBatch(step, shard, micro, (time.perf_counter() - t0) * 1e3)
 
     def _produce(self) -> None:

@@ -18,19 +18,38 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from shards.rows import row_used
+
 from .data import MicroBatch
 from .model import IGNORE
 
 
-def doc_layout(doc_lens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(doc_ids, positions, last) for one row: `last` are the positions that end a document piece."""
+def doc_layout(offsets: np.ndarray, doc_lens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(doc_ids, positions, last) of m rows whose pieces are `doc_lens[offsets[i]:offsets[i+1]]`.
+
+    doc_ids and positions are (m, seq_len); `last` holds the flat indices (row * seq_len + column)
+    of the positions that end a document piece. Vectorized over the rows: each row is its pieces
+    followed by one padding block (possibly empty), and ids/positions restart per block."""
+    offsets = np.asarray(offsets, np.int64)
     lens = np.asarray(doc_lens, np.int64)
-    used = int(lens.sum())
-    blocks = np.append(lens, seq_len - used)
-    doc_ids = np.repeat(np.arange(len(blocks)), blocks)
-    starts = np.concatenate([[0], np.cumsum(blocks)[:-1]])
-    positions = np.arange(seq_len) - np.repeat(starts, blocks)
-    return doc_ids, positions, np.cumsum(lens) - 1
+    m = len(offsets) - 1
+    pieces = np.diff(offsets)
+    used = row_used(offsets, lens)
+    # Blocks: row i's pieces, then its padding block, in row order.
+    pad_at = offsets[1:] + np.arange(m)  # index of row i's padding block among all blocks
+    blocks = np.empty(len(lens) + m, np.int64)
+    is_pad = np.zeros(len(blocks), bool)
+    is_pad[pad_at] = True
+    blocks[is_pad] = seq_len - used
+    blocks[~is_pad] = lens
+    first_block = np.concatenate([[0], pad_at[:-1] + 1])  # each row's first block
+    block_row = np.repeat(np.arange(m), pieces + 1)
+    doc_ids = np.repeat(np.arange(len(blocks)) - first_block[block_row], blocks).reshape(m, seq_len)
+    starts = np.cumsum(blocks) - blocks  # flat start of each block
+    positions = (np.arange(m * seq_len) - np.repeat(starts, blocks)).reshape(m, seq_len)
+    # A piece's last token in flat (row * seq_len + column) terms: its start plus its length - 1.
+    last = starts[~is_pad] + lens - 1
+    return doc_ids, positions, last
 
 
 def make_targets(mb: MicroBatch, *, doc: bool, device: torch.device):
@@ -46,10 +65,8 @@ def make_targets(mb: MicroBatch, *, doc: bool, device: torch.device):
         return tokens, labels, None, None
     if mb.doc_lens is None:
         raise ValueError("attention='doc' needs a stream opened with doc_lens=True")
-    ids, pos = np.empty((m, t), np.int64), np.empty((m, t), np.int64)
-    for i, lens in enumerate(mb.doc_lens):
-        ids[i], pos[i], last = doc_layout(lens, t)
-        labels[i, torch.as_tensor(last, device=device)] = IGNORE
+    ids, pos, last = doc_layout(*mb.doc_lens, t)
+    labels.view(-1)[torch.as_tensor(last, device=device)] = IGNORE
     return tokens, labels, torch.from_numpy(pos).to(device), torch.from_numpy(ids).to(device)
 
 
