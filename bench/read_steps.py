@@ -2,7 +2,8 @@
 
 The limit is the same tokens as one raw uint32 file per step, read through `np.memmap` and widened
 to int64 into the same preallocated buffers: the least work any loader can do. Both read from the page
-cache (each is read once before timing); the figure is the median of --repeats rounds.
+cache (each is read once before timing); the figure is the median of the per-round ratios over
+--repeats rounds, each round running both back to back in alternating order.
 
     python bench/read_steps.py                    # 8 steps of 1024 x 4096 uint32, world size 8
     python bench/read_steps.py --data OUT         # an existing prepared output
@@ -71,19 +72,21 @@ def read_memmap(raws: list[str], m: Manifest, world: int, bufs) -> int:
     return total
 
 
-def timed_pair(a, b, repeats: int) -> tuple[float, float, int, int]:
-    """Median seconds of `a` and of `b`, run alternately so that machine noise falls on both alike."""
+def timed_pair(a, b, repeats: int) -> tuple[list[float], list[float], int, int]:
+    """Seconds of `a` and of `b` per round. Each round runs both back to back, the order swapped
+    every round, so that noise from other work on the machine falls on both alike."""
     a(), b()  # warm the page cache
     ta, tb = [], []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        na = a()
-        t1 = time.perf_counter()
-        nb = b()
-        t2 = time.perf_counter()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
-    return statistics.median(ta), statistics.median(tb), na, nb
+    for i in range(repeats):
+        for f, ts in ((a, ta), (b, tb)) if i % 2 == 0 else ((b, tb), (a, ta)):
+            t0 = time.perf_counter()
+            n = f()
+            ts.append(time.perf_counter() - t0)
+            if f is a:
+                na = n
+            else:
+                nb = n
+    return ta, tb, na, nb
 
 
 def main() -> int:
@@ -93,7 +96,7 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1024, help="Rows per step when writing.")
     ap.add_argument("--seq-len", type=int, default=4096, help="Tokens per row when writing.")
     ap.add_argument("--world", type=int, default=8, help="Ranks whose slices are read.")
-    ap.add_argument("--repeats", type=int, default=9, help="Timed rounds; the median is reported.")
+    ap.add_argument("--repeats", type=int, default=21, help="Timed rounds; the median of per-round ratios is reported.")
     ap.add_argument("--compression", choices=["zstd"], default=None, help="Write zstd-compressed steps.")
     args = ap.parse_args()
 
@@ -111,12 +114,14 @@ def main() -> int:
             lambda: read_steppack(out, m, args.world, bufs), lambda: read_memmap(raws, m, args.world, bufs), args.repeats
         )
         assert tokens == tokens_mm
-        sp, mm = tokens / t_sp, tokens / t_mm
+        sp, mm = tokens / statistics.median(t_sp), tokens / statistics.median(t_mm)
+        ratios = sorted(b / a for a, b in zip(t_sp, t_mm))
         print(f"{m.num_steps} steps x {m.rows_per_step} rows x {m.seq_len} tokens ({m.dtype}, "
-              f"compression {m.compression}), world {args.world}, median of {args.repeats}")
-        print(f"steppack open_step + read_tokens_into -> torch int64: {sp / 1e6:8.1f} M tokens/s")
-        print(f"numpy memmap -> int64 (limit):                      {mm / 1e6:8.1f} M tokens/s")
-        print(f"ratio: {sp / mm:.3f} of the limit")
+              f"compression {m.compression}), world {args.world}, {args.repeats} interleaved rounds")
+        print(f"steppack open_step + read_tokens_into -> torch int64: {sp / 1e6:8.1f} M tokens/s (median)")
+        print(f"numpy memmap -> int64 (limit):                      {mm / 1e6:8.1f} M tokens/s (median)")
+        print(f"ratio: {statistics.median(ratios):.3f} of the limit (median of per-round ratios; "
+              f"quartiles {ratios[len(ratios) // 4]:.3f}..{ratios[3 * len(ratios) // 4]:.3f})")
     return 0
 
 
