@@ -50,6 +50,9 @@ def test_doc_layout_over_rows_full_padded_and_empty():
     assert pos.tolist() == [[0, 1, 0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 4, 0, 1, 2],
                             [0, 1, 2, 3, 4, 5, 6, 7], [0, 1, 2, 3, 4, 5, 6, 7]]
     assert last.tolist() == [1, 7, 12, 31]
+    # The same rows as a view into a longer step: offsets that do not start at 0.
+    ids2, pos2, last2 = doc_layout([2, 4, 5, 5, 6], [9, 9, 2, 6, 5, 8, 1], 8)
+    assert (ids2 == ids).all() and (pos2 == pos).all() and last2.tolist() == last.tolist()
 
 
 @settings(max_examples=60, deadline=None)

@@ -46,8 +46,9 @@ class MicroBatch:
     used: np.ndarray | None
     """(m,) document tokens per row (positions from `used` on are padding); None: no padding."""
     doc_lens: tuple[np.ndarray, np.ndarray] | None
-    """(piece_offsets, doc_lens) of the micro-batch's rows: row i's pieces are
-    doc_lens[piece_offsets[i]:piece_offsets[i + 1]] (only with attention='doc')."""
+    """(piece_offsets, doc_lens): row i of the micro-batch has the pieces
+    doc_lens[piece_offsets[i]:piece_offsets[i + 1]]; views of the step's arrays, so the offsets
+    need not start at 0 (only with attention='doc')."""
 
 
 @dataclass
@@ -141,11 +142,8 @@ class StepStream:
         micro = []
         for rows in self.micro_rows:
             i, j = rows.start - self.rows.start, rows.stop - self.rows.start
-            lens = None
-            if self.doc_lens:
-                o = offsets[i : j + 1]
-                lens = (o - o[0], doc_lens[o[0] : o[-1]])
-            micro.append(MicroBatch(rows, tokens[i:j], None if used is None else used[i:j], lens))
+            micro.append(MicroBatch(rows, tokens[i:j], None if used is None else used[i:j],
+                                    (offsets[i : j + 1], doc_lens) if self.doc_lens else None))
         return StepBatch(step, shard, micro, (time.perf_counter() - t0) * 1e3)
 
     def _produce(self) -> None:

@@ -25,13 +25,15 @@ from .model import IGNORE
 
 
 def doc_layout(offsets: np.ndarray, doc_lens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(doc_ids, positions, last) of m rows whose pieces are `doc_lens[offsets[i]:offsets[i+1]]`.
+    """(doc_ids, positions, last) of m rows whose pieces are `doc_lens[offsets[i]:offsets[i+1]]`
+    (offsets need not start at 0: a micro-batch's are a view of its step's).
 
     doc_ids and positions are (m, seq_len); `last` holds the flat indices (row * seq_len + column)
     of the positions that end a document piece. Vectorized over the rows: each row is its pieces
     followed by one padding block (possibly empty), and ids/positions restart per block."""
     offsets = np.asarray(offsets, np.int64)
-    lens = np.asarray(doc_lens, np.int64)
+    lens = np.asarray(doc_lens[offsets[0] : offsets[-1]], np.int64)
+    offsets = offsets - offsets[0]
     m = len(offsets) - 1
     pieces = np.diff(offsets)
     used = row_used(offsets, lens)
