@@ -126,6 +126,9 @@ print(json.dumps(out))
 
 def measure_limit(job: str, threads: int) -> dict:
     sys.path.insert(0, REPO)
+    from pipeline.worker import quiet_logging
+
+    quiet_logging()  # Beam's import-time warnings, as in the job itself
     from pipeline.config import build, load_toml
     from pipeline.sources import Reject, discover, read_unit
 
