@@ -10,9 +10,11 @@ distinct documents) and one job.toml reads every format with a text template per
   the summed RSS of the whole process tree is sampled every 50 ms (peak memory);
 - limit (first multiple only): the same texts (read by the job's own readers, outside the timing)
   through the same tokenizer in one process with 2 rayon threads: `encode_batch_fast` (the limit
-  the ratio uses) and `encode_batch`, batches of 1024 documents.
+  the ratio uses) and `encode_batch`, batches of 1024 documents. Each repeat measures the limit
+  and then runs the job, so that a machine whose speed drifts (a shared VM) moves both alike.
 
-Prints a table and, with --json, the figures as JSON. Numbers are medians over --repeats.
+Prints a table and, with --json, the figures as JSON. Figures are medians over --repeats; the
+ratio is the median of the per-repeat ratios (job / the limit measured just before it).
 """
 
 from __future__ import annotations
@@ -124,7 +126,8 @@ print(json.dumps(out))
 """
 
 
-def measure_limit(job: str, threads: int) -> dict:
+def dump_texts(job: str) -> str:
+    """The job's texts, read by its own readers (outside any timing), as a JSON file next to job."""
     sys.path.insert(0, REPO)
     from pipeline.worker import quiet_logging
 
@@ -138,10 +141,13 @@ def measure_limit(job: str, threads: int) -> dict:
     path = os.path.join(os.path.dirname(job), "texts.json")
     with open(path, "w") as f:
         json.dump(texts, f)
+    return path
+
+
+def measure_limit(texts: str, threads: int) -> dict:
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="true")
-    res = subprocess.run([sys.executable, "-c", LIMIT_CODE, path], env=env, cwd=REPO, capture_output=True,
+    res = subprocess.run([sys.executable, "-c", LIMIT_CODE, texts], env=env, cwd=REPO, capture_output=True,
                          text=True, check=True)
-    os.unlink(path)
     r = json.loads(res.stdout.strip().splitlines()[-1])
     return {k: {"tokens": v["tokens"], "tokens_per_s": v["tokens"] / v["seconds"]} for k, v in r.items()}
 
@@ -166,14 +172,23 @@ def main(argv=None) -> int:
         for k in multiples:  # the limit is measured over the first (smallest) multiple's texts
             d = os.path.join(tmp, f"x{k}")
             job = make_corpus(args.corpus, d, k)
-            if "limit" not in results and not args.skip_limit:
-                lim = [measure_limit(job, args.threads) for _ in range(args.repeats)]
+            with_limit = "limit" not in results and not args.skip_limit
+            texts = dump_texts(job) if with_limit else None
+            runs, lim = [], []
+            for _ in range(args.repeats):  # limit and job back to back: drift hits both alike
+                if with_limit:
+                    lim.append(measure_limit(texts, args.threads))
+                runs.append(run_prepare(job, os.path.join(d, "out"), args.workers))
+                if with_limit:
+                    runs[-1]["ratio_to_limit"] = runs[-1]["tokens_per_s"] / lim[-1]["encode_batch_fast"]["tokens_per_s"]
+            if with_limit:
                 results["limit"] = {
                     fn: {"multiple": k, "tokens": lim[0][fn]["tokens"],
                          "tokens_per_s": statistics.median(x[fn]["tokens_per_s"] for x in lim)}
                     for fn in lim[0]}
-            runs = [run_prepare(job, os.path.join(d, "out"), args.workers) for _ in range(args.repeats)]
             results["runs"][k] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+            if with_limit:
+                results["runs"][k]["ratios"] = [round(r["ratio_to_limit"], 3) for r in runs]
             shutil.rmtree(d)
     limit = results["limit"]["encode_batch_fast"]["tokens_per_s"] if "limit" in results else float("nan")
     print(f"machine: {results['machine']}; prepare --workers {args.workers}; medians of {args.repeats}")
@@ -183,9 +198,12 @@ def main(argv=None) -> int:
           f"(x{multiples[0]} corpus, {results['limit']['encode_batch_fast']['tokens'] / 1e6:.1f}M tokens)")
     print(f"{'corpus':>7} {'tokens':>12} {'wall s':>8} {'tok/s':>10} {'ratio':>6} {'peak RSS MiB':>13}")
     for k, r in results["runs"].items():
-        r["ratio_to_limit"] = r["tokens_per_s"] / limit
+        # The ratio: median over repeats of (job / the limit measured just before it); a multiple
+        # without its own limit runs is set against the median limit.
+        r.setdefault("ratio_to_limit", r["tokens_per_s"] / limit)
+        per_run = f"  (per run: {', '.join(f'{x:.2f}' for x in r['ratios'])})" if "ratios" in r else ""
         print(f"{'x' + str(k):>7} {r['tokens']:>12,.0f} {r['wall_s']:>8.1f} {r['tokens_per_s'] / 1e6:>9.3f}M "
-              f"{r['ratio_to_limit']:>6.2f} {r['peak_rss_mib']:>13.0f}")
+              f"{r['ratio_to_limit']:>6.2f} {r['peak_rss_mib']:>13.0f}{per_run}")
     if args.json:
         print(json.dumps(results, indent=1))
     return 0
