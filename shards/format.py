@@ -120,9 +120,9 @@ def step_file_name(step: int) -> str:
     return f"{STEPS_DIR}/step-{step:08d}.arrow"
 
 
-def parse_schema_metadata(schema: pa.Schema, where: str) -> dict:
-    """Read and check a step file's schema metadata; refuse files of an unknown version."""
-    meta = schema.metadata or {}
+def parse_metadata(meta: dict, where: str) -> dict:
+    """Read and check a step file's schema metadata (bytes keys and values); refuse files of an
+    unknown version."""
     if meta.get(META_FORMAT) != FORMAT_NAME.encode():
         raise FormatError(f"{where} is not a steppack step file (no '{META_FORMAT.decode()}' metadata)")
     version = int(meta.get(META_VERSION, b"0"))
@@ -130,13 +130,24 @@ def parse_schema_metadata(schema: pa.Schema, where: str) -> dict:
     seq_len = int(meta[META_SEQ_LEN])
     dtype = meta[META_DTYPE].decode()
     check_dtype(dtype)
-    expected = _bare_schema(seq_len, dtype)
-    if not schema.equals(expected, check_metadata=False):
-        raise FormatError(f"{where} has schema {schema.remove_metadata()}, expected {expected}")
     batch_rows = int(meta.get(META_BATCH_ROWS, b"0"))
     if batch_rows <= 0:
         raise FormatError(f"{where} has no valid '{META_BATCH_ROWS.decode()}' metadata; re-run prepare")
     return {"version": version, "seq_len": seq_len, "dtype": dtype, "step": int(meta[META_STEP]), "batch_rows": batch_rows}
+
+
+def check_schema(schema: pa.Schema, seq_len: int, dtype: str, where: str) -> None:
+    """The columns and types of a step file are exactly the format's."""
+    expected = _bare_schema(seq_len, dtype)
+    if not schema.equals(expected, check_metadata=False):
+        raise FormatError(f"{where} has schema {schema.remove_metadata()}, expected {expected}")
+
+
+def parse_schema_metadata(schema: pa.Schema, where: str) -> dict:
+    """`parse_metadata` of the schema's metadata, and `check_schema`."""
+    meta = parse_metadata(schema.metadata or {}, where)
+    check_schema(schema, meta["seq_len"], meta["dtype"], where)
+    return meta
 
 
 def check_version(version: int, where: str) -> None:

@@ -14,6 +14,7 @@ from shards import (
     ConfigError, FormatError, Manifest, RowBlock, dtype_for_vocab, encode_step, open_step, rank_micro_batches,
     rank_rows, read_manifest, step_file_name, step_schema, write_step,
 )
+from shards import ipc
 from shards.format import META_VERSION
 from tests.shardgen import make_output
 
@@ -76,6 +77,37 @@ def test_write_then_read_gives_back_every_column(tmp_path_factory, block_seq_dty
     assert info.pieces == len(block.doc_lens)
 
 
+@settings(max_examples=30, deadline=None)
+@given(row_blocks(), st.integers(1, 7), st.sampled_from([None, "zstd"]))
+def test_ipc_layout_finds_the_buffers_pyarrow_finds(tmp_path_factory, block_seq_dtype, batch_rows, compression):
+    block, seq_len, dtype = block_seq_dtype
+    out = str(tmp_path_factory.mktemp("o"))
+    info = write_step(out, step_file_name(0), block, seq_len=seq_len, dtype=dtype, step=0,
+                      compression=compression, batch_rows=batch_rows)
+    data = open(os.path.join(out, info.file), "rb").read()
+    buf = pa.py_buffer(data)
+    reader = pa.ipc.open_file(buf)
+    blocks = ipc.blocks(data)
+    assert len(blocks) == reader.num_record_batches
+    for b, block_ in enumerate(blocks):
+        got = ipc.batch(data, block_)
+        rb = reader.get_batch(b)
+        assert got.rows == rb.num_rows and got.compressed == (compression is not None)
+        if compression:
+            continue
+        # Every buffer pyarrow hands out, depth-first per column, lies where the table says.
+        flat = [x for col in rb.columns for x in col.buffers()]
+        assert len(got.buffers) == len(flat)
+        for (o, n), x in zip(got.buffers, flat):
+            if x is not None and x.size:
+                assert (o, n) == (x.address - buf.address, x.size)
+
+
+def test_ipc_layout_refuses_what_is_not_an_arrow_file():
+    with pytest.raises(FormatError, match="ARROW1"):
+        ipc.blocks(b"not an arrow file at all")
+
+
 def test_same_rows_give_byte_identical_files(tmp_path):
     m1 = make_output(str(tmp_path / "a"), num_steps=2, rows_per_step=4, seq_len=32, seed=5)
     m2 = make_output(str(tmp_path / "b"), num_steps=2, rows_per_step=4, seq_len=32, seed=5)
@@ -87,6 +119,12 @@ def test_local_reader_returns_a_view_of_the_mapped_file_not_a_copy(tmp_path):
     with open_step(str(tmp_path / step_file_name(0))) as f:
         tokens = f.read_tokens(range(0, 8))  # within one record batch
         assert not tokens.flags.owndata and not tokens.flags.writeable
+        # Tokens come through the flatbuffer layout (shards/ipc.py); pyarrow opens the file only
+        # when another column is read.
+        assert f._blocks is not None and f._pa is None
+        rows = f.read(range(0, 8))
+        assert f._pa is not None
+        np.testing.assert_array_equal(rows.tokens, tokens)
 
 
 def test_reader_opens_uris_through_filesystems(tmp_path):
