@@ -26,10 +26,10 @@ from .rows import RowBlock
 class StepFile:
     """One open step (or remainder) file.
 
-    A local file is memory-mapped; its metadata and the place of every record batch's buffers come
-    straight from the IPC flatbuffers (`shards.ipc`), so reading tokens builds no pyarrow objects.
-    pyarrow opens the file when another column is read, checking the whole schema first; it reads
-    remote and compressed files throughout."""
+    A local uncompressed file is memory-mapped; its metadata and the place of every record batch's
+    buffers come straight from the IPC flatbuffers (`shards.ipc`), so reads build no pyarrow
+    objects. pyarrow reads remote and compressed files, and `check_schema()` (which `verify` calls)
+    checks the whole schema of any file."""
 
     # Buffers per record batch: tokens (fixed_size_list: validity; values' validity, values) and
     # three list columns (validity, offsets; values' validity, values).
@@ -66,6 +66,7 @@ class StepFile:
         # opening a remote file reads only its footer and last batch, never the whole file.
         self._batches: dict[int, pa.RecordBatch] = {}
         self._views: dict[int, np.ndarray] = {}
+        self._infos: dict[int, ipc.Batch | None] = {}
         nb = self._num_batches = len(self._blocks) if self._blocks is not None else self._reader.num_record_batches
         self.num_rows: int = 0 if nb == 0 else (nb - 1) * self.batch_rows + len(self._token_view(nb - 1))
 
@@ -82,6 +83,11 @@ class StepFile:
         meta = parse_metadata(raw, self.uri)  # an unknown version is refused here
         self._blocks = blocks
         return meta
+
+    def check_schema(self) -> None:
+        """Check the file's whole schema (column names and types), not only its metadata: reading
+        tokens and piece lists from a local file relies on the metadata and the buffer layout."""
+        self._reader  # noqa: B018 (opening pyarrow's reader checks the schema)
 
     @property
     def _reader(self) -> pa.ipc.RecordBatchFileReader:
@@ -148,11 +154,14 @@ class StepFile:
         format's buffers); None sends the batch to pyarrow."""
         if self._blocks is None:
             return None
+        if b in self._infos:
+            return self._infos[b]
         try:
             info = ipc.batch(self._mmap, self._blocks[b])
         except (struct.error, IndexError, ValueError) as exc:
             raise FormatError(f"{self.uri}: record batch {b} is damaged ({exc}); re-run prepare") from exc
-        return None if info.compressed or len(info.buffers) != self._BUFFERS else info
+        info = self._infos[b] = None if info.compressed or len(info.buffers) != self._BUFFERS else info
+        return info
 
     def _pieces(self, rows: range) -> Iterator[tuple[int, int, int]]:
         """(record batch index, first row in it, row count) covering `rows`, in order."""
@@ -190,10 +199,24 @@ class StepFile:
 
     def _list(self, b: int, k: int, lo: int, n: int, dtype) -> tuple[np.ndarray, np.ndarray]:
         """(offsets rebased to 0, values) of list column `k` for rows lo..lo+n of batch b, as views."""
-        batch = self._batch(b)
-        bufs = batch.column(k).buffers()  # [validity, offsets, child validity, child values]
-        offsets = np.frombuffer(bufs[1], np.int32, count=batch.num_rows + 1)[lo : lo + n + 1]
-        values = np.frombuffer(bufs[3], dtype)[offsets[0] : offsets[-1]] if offsets[-1] > offsets[0] else np.zeros(0, dtype)
+        dtype = np.dtype(dtype)
+        info = self._batch_layout(b)
+        if info is not None:
+            # Column k's buffers: validity, offsets, values' validity, values (see _BUFFERS).
+            (o_at, o_len), (v_at, v_len) = info.buffers[4 * k], info.buffers[4 * k + 2]
+            if o_len < (info.rows + 1) * 4:
+                raise FormatError(f"{self.uri}: record batch {b} column {k} has too short an offsets buffer; re-run prepare")
+            all_offsets = np.frombuffer(self._mmap, np.int32, count=info.rows + 1, offset=o_at)
+            if v_len < int(all_offsets[-1]) * dtype.itemsize:
+                raise FormatError(f"{self.uri}: record batch {b} column {k} has too short a values buffer; re-run prepare")
+            values = np.frombuffer(self._mmap, dtype, count=int(all_offsets[-1]), offset=v_at)
+        else:
+            batch = self._batch(b)
+            bufs = batch.column(k).buffers()  # [validity, offsets, child validity, child values]
+            all_offsets = np.frombuffer(bufs[1], np.int32, count=batch.num_rows + 1)
+            values = np.frombuffer(bufs[3], dtype)
+        offsets = all_offsets[lo : lo + n + 1]
+        values = values[offsets[0] : offsets[-1]] if offsets[-1] > offsets[0] else np.zeros(0, dtype)
         return offsets.astype(np.int64) - offsets[0], values
 
     def read_doc_lens(self, rows: range) -> tuple[np.ndarray, np.ndarray]:

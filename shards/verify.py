@@ -75,6 +75,7 @@ def check_file(out: str, manifest: Manifest, info: FileInfo, *, step: int | None
         return [f"{uri} has sha256 {digest[:12]}…, the manifest says {info.sha256[:12]}…: a byte changed since prepare wrote it; {RERUN}"]
     try:
         with open_step(uri) as f:
+            f.check_schema()
             return check_contents(uri, manifest, info, f, step)
     except FormatError as exc:
         return [str(exc)]

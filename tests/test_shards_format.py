@@ -119,12 +119,13 @@ def test_local_reader_returns_a_view_of_the_mapped_file_not_a_copy(tmp_path):
     with open_step(str(tmp_path / step_file_name(0))) as f:
         tokens = f.read_tokens(range(0, 8))  # within one record batch
         assert not tokens.flags.owndata and not tokens.flags.writeable
-        # Tokens come through the flatbuffer layout (shards/ipc.py); pyarrow opens the file only
-        # when another column is read.
-        assert f._blocks is not None and f._pa is None
+        # Reads go through the flatbuffer layout (shards/ipc.py); pyarrow opens the file only
+        # to check the whole schema.
         rows = f.read(range(0, 8))
-        assert f._pa is not None
+        assert f._blocks is not None and f._pa is None
         np.testing.assert_array_equal(rows.tokens, tokens)
+        f.check_schema()
+        assert f._pa is not None
 
 
 def test_reader_opens_uris_through_filesystems(tmp_path):
