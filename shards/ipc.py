@@ -37,9 +37,21 @@ class Batch(NamedTuple):
     rows: int
     body: int
     """Absolute file offset of the batch's body."""
-    buffers: tuple
-    """(offset, length) of each buffer, offsets absolute in the file."""
+    body_len: int
+    table: tuple
+    """The Buffer structs, flat: offset (relative to the body), length, offset, length, ..."""
     compressed: bool
+
+    @property
+    def count(self) -> int:
+        return len(self.table) // 2
+
+    def buffer(self, i: int) -> tuple[int, int]:
+        """(absolute offset, length) of buffer i, checked to lie inside the body."""
+        offset, length = self.table[2 * i], self.table[2 * i + 1]
+        if offset < 0 or length < 0 or offset + length > self.body_len:
+            raise FormatError(f"buffer {i} of the record batch at byte {self.body} lies outside its body")
+        return self.body + offset, length
 
 
 def _field(buf, table: int, index: int) -> int:
@@ -119,17 +131,13 @@ def batch(buf, block: tuple[int, int, int]) -> Batch:
     length = _field(msg, rb, 0)
     rows = _i64(msg, length)[0] if length else 0
     bpos = _field(msg, rb, 2)
-    body = offset + meta_len
-    bufs = ()
+    table = ()
     if bpos:
         vec = _deref(msg, bpos)
-        flat = _int64s(_u32(msg, vec)[0] * 2)(msg, vec + 4)  # Buffer structs: offset, length
-        if min(flat, default=0) < 0 or max(map(sum, zip(flat[::2], flat[1::2])), default=0) > body_len:
-            raise FormatError(f"a buffer of the record batch at byte {offset} lies outside its body")
-        bufs = tuple(zip([body + o for o in flat[::2]], flat[1::2]))
-    return Batch(rows, body, bufs, bool(_field(msg, rb, 3)))
+        table = _int64s(_u32(msg, vec)[0] * 2)(msg, vec + 4)  # Buffer structs: offset, length
+    return Batch(rows, offset + meta_len, body_len, table, bool(_field(msg, rb, 3)))
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _int64s(n: int):
     return struct.Struct(f"<{n}q").unpack_from

@@ -135,7 +135,7 @@ class StepFile:
         info = self._batch_layout(b)
         if info is not None:
             self._check_rows(b, info.rows)
-            offset, length = info.buffers[2]  # column 0's values (see shards/ipc.py)
+            offset, length = info.buffer(2)  # column 0's values (see shards/ipc.py)
             count = info.rows * self.seq_len
             if length < count * self._np_dtype.itemsize:
                 raise FormatError(f"{self.uri}: record batch {b} holds {length} token bytes, expected "
@@ -160,7 +160,7 @@ class StepFile:
             info = ipc.batch(self._mmap, self._blocks[b])
         except (struct.error, IndexError, ValueError) as exc:
             raise FormatError(f"{self.uri}: record batch {b} is damaged ({exc}); re-run prepare") from exc
-        info = self._infos[b] = None if info.compressed or len(info.buffers) != self._BUFFERS else info
+        info = self._infos[b] = None if info.compressed or info.count != self._BUFFERS else info
         return info
 
     def _pieces(self, rows: range) -> Iterator[tuple[int, int, int]]:
@@ -203,7 +203,7 @@ class StepFile:
         info = self._batch_layout(b)
         if info is not None:
             # Column k's buffers: validity, offsets, values' validity, values (see _BUFFERS).
-            (o_at, o_len), (v_at, v_len) = info.buffers[4 * k], info.buffers[4 * k + 2]
+            (o_at, o_len), (v_at, v_len) = info.buffer(4 * k), info.buffer(4 * k + 2)
             if o_len < (info.rows + 1) * 4:
                 raise FormatError(f"{self.uri}: record batch {b} column {k} has too short an offsets buffer; re-run prepare")
             all_offsets = np.frombuffer(self._mmap, np.int32, count=info.rows + 1, offset=o_at)
