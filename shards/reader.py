@@ -56,6 +56,8 @@ class StepFile:
                 meta = parse_schema_metadata(self._reader.schema, uri)
         except FileNotFoundError as exc:
             raise FormatError(f"{uri} does not exist; run 'steppack shards verify' on its directory") from exc
+        except OSError as exc:  # a directory, no permission, a remote read that failed
+            raise FormatError(f"{uri} is not a readable Arrow IPC file ({exc}); re-run prepare") from exc
         self.version: int = meta["version"]
         self.seq_len: int = meta["seq_len"]
         self.dtype: str = meta["dtype"]
@@ -207,7 +209,7 @@ class StepFile:
             if o_len < (info.rows + 1) * 4:
                 raise FormatError(f"{self.uri}: record batch {b} column {k} has too short an offsets buffer; re-run prepare")
             all_offsets = np.frombuffer(self._mmap, np.int32, count=info.rows + 1, offset=o_at)
-            if v_len < int(all_offsets[-1]) * dtype.itemsize:
+            if not 0 <= int(all_offsets[-1]) <= v_len // dtype.itemsize:
                 raise FormatError(f"{self.uri}: record batch {b} column {k} has too short a values buffer; re-run prepare")
             values = np.frombuffer(self._mmap, dtype, count=int(all_offsets[-1]), offset=v_at)
         else:

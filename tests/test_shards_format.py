@@ -103,6 +103,16 @@ def test_ipc_layout_finds_the_buffers_pyarrow_finds(tmp_path_factory, block_seq_
                 assert (o, n) == (x.address - buf.address, x.size)
 
 
+def test_reader_turns_an_unreadable_path_into_a_format_error(tmp_path):
+    (tmp_path / "a-directory.arrow").mkdir()
+    with pytest.raises(FormatError, match="a-directory.arrow"):
+        open_step(str(tmp_path / "a-directory.arrow"))
+    garbage = tmp_path / "garbage.arrow"
+    garbage.write_bytes(b"ARROW1\0\0" + b"\xff" * 200 + b"ARROW1")
+    with pytest.raises(FormatError, match="garbage.arrow"):
+        open_step(str(garbage))
+
+
 def test_ipc_layout_refuses_what_is_not_an_arrow_file():
     with pytest.raises(FormatError, match="ARROW1"):
         ipc.blocks(b"not an arrow file at all")
