@@ -276,8 +276,10 @@ class PackBucketFn(beam.DoFn):
         rows = []
         for _, d in docs:
             rows.extend(p.add(d))
-        tail = p.pending() if isinstance(p, ConcatPacker) else []
-        if not isinstance(p, ConcatPacker):
+        if isinstance(p, ConcatPacker):
+            tail = p.pending()  # the unfinished last row goes on to pack_tails
+        else:
+            tail = []
             rows.extend(p.flush())
         del docs
         # A document lies in one bucket; the only one of its pieces that can travel on to

@@ -1,11 +1,11 @@
 """Where the record batches of a memory-mapped Arrow IPC file lie: the footer's blocks and each
 batch's buffer table, read straight from the flatbuffers (Arrow's File.fbs / Message.fbs).
 
-`StepFile` uses this for the hot path only: the token buffer of a batch of a local, uncompressed
-step file, as a zero-copy view, without building pyarrow RecordBatch objects. pyarrow still opens
-the file (the schema and its metadata are checked there) and reads every other column. Building a
-RecordBatch of four columns costs 7-40 us per batch (the upper end with caches cold after a 2 MiB
-copy), next to 0.1-0.3 ms of copying the batch's tokens: 10-20% of reading a step.
+`StepFile` reads a local, uncompressed step file this way: the schema metadata, and each batch's
+token and piece-list buffers as zero-copy views, without building pyarrow objects (a RecordBatch
+of four columns costs 7-40 us, the upper end with caches cold after a 2 MiB copy, next to 0.1-0.3
+ms of copying the batch's tokens). pyarrow reads remote and compressed files, and checks the
+whole schema of any file when asked (`StepFile.check_schema`, which `verify` calls).
 
 Layout (Arrow columnar format, "IPC File Format"): the file ends with the footer flatbuffer, its
 int32 length and "ARROW1". Footer.recordBatches is a vector of Block structs (offset: int64,
