@@ -24,7 +24,8 @@ from shards.format import MANIFEST_NAME, REJECTS_DIR, REMAINDER_FILE, REPORT_NAM
 from . import buckets as bk
 from .config import JobConfig
 from .sources import discover
-from .tokenize import tokenizer_info
+from .tokenize import RAYON_THREADS, looked_up_tokens, tokenizer_info
+from .warm import Zygote
 from .worker import quiet_logging
 
 
@@ -60,7 +61,7 @@ def check_output(cfg: JobConfig) -> None:
 
 
 def pipeline_options(cfg: JobConfig, beam_args: list[str]):
-    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions, TypeOptions
 
     options = PipelineOptions(beam_args)
     known = set(options.get_all_options(drop_default=False))
@@ -71,6 +72,10 @@ def pipeline_options(cfg: JobConfig, beam_args: list[str]):
                 raise ConfigError(f"unknown flag {a.split('=', 1)[0]}: neither a prepare flag "
                                   "(see steppack prepare --help) nor a Beam pipeline option")
     runner = options.view_as(StandardOptions).runner
+    if not any(a.split("=", 1)[0] in ("--pipeline_type_check", "--no_pipeline_type_check") for a in beam_args):
+        # The job's transforms declare no type hints to check, and Beam's construction-time
+        # inference over its ~180 transforms took 0.15-0.3 s of the launcher's start-up.
+        options.view_as(TypeOptions).pipeline_type_check = False
     if runner is None:
         # `--workers` worker processes of our own command (make_runner); the running mode stays
         # in_memory, else Beam would replace that command with its own.
@@ -160,25 +165,40 @@ def summary(report: dict, out: str) -> str:
 
 def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = False) -> dict:
     """Run the job to completion and return report.json's contents."""
+    started = time.time()
+    beam_args = list(beam_args or [])
+    # The local runner's workers warm up (Beam's worker, the tokenizer) while this process imports
+    # Beam and plans the job; see warm.py. Other runners start their own workers.
+    zygote = Zygote.start(cfg.tokenizer, cfg.workers, looked_up_tokens(cfg)) if not _names_runner(beam_args) else None
+    try:
+        return _run(cfg, beam_args, quiet, started, zygote)
+    finally:
+        if zygote:
+            zygote.close()
+
+
+def _names_runner(beam_args: list[str]) -> bool:
+    return any(a == "--runner" or a.startswith("--runner=") for a in beam_args)
+
+
+def _run(cfg: JobConfig, beam_args: list[str], quiet: bool, started: float, zygote: Zygote | None) -> dict:
     quiet_logging()  # before Beam's imports, which log through the root logger
     import apache_beam as beam
 
     from .transforms import Job, Prepare
 
-    started = time.time()
     # The local job service logs every SDK worker's start-up chatter at WARNING; keep real errors.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
-    beam_args = list(beam_args or [])
     options, runner_name = pipeline_options(cfg, beam_args)
     # Checks that stop the job before any work: tokenizer, inputs, output.
-    info = tokenizer_info(cfg)
+    info = tokenizer_info(cfg, zygote.tokenizer_facts() if zygote else None)
     units, input_bytes = discover(cfg)
     check_output(cfg)
     job = Job(cfg=cfg, tokenizer=info, dtype=dtype_for_vocab(info.vocab_size),
               buckets=max(1, math.ceil(input_bytes / (cfg.bucket_mb << 20))), started=started,
               input_bytes=input_bytes)
     # Tokenizer threads per worker process (see tokenize.py); SDK worker subprocesses inherit it.
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    os.environ.setdefault("RAYON_NUM_THREADS", RAYON_THREADS)
     progress = Progress(cfg.output, started) if fs.is_local(cfg.output) and not quiet else None
     if progress:
         progress.start()

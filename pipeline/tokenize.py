@@ -27,10 +27,36 @@ def _token_id(tok, token: str, what: str, name: str) -> int:
     return i
 
 
+class TokenizerFacts:
+    """What `tokenizer_info` asks of a tokenizer, found by another process that loaded it (the
+    zygote, warm.py), so that the launcher need not load it too (~0.4 s on its critical path)."""
+
+    def __init__(self, vocab_size: int, ids: dict[str, int | None]):
+        self.vocab_size, self.ids = vocab_size, ids
+
+    @classmethod
+    def of(cls, tok, tokens: list[str]) -> "TokenizerFacts":
+        return cls(tok.get_vocab_size(with_added_tokens=True), {t: tok.token_to_id(t) for t in tokens})
+
+    def token_to_id(self, token: str) -> int | None:
+        return self.ids[token]
+
+    def get_vocab_size(self, with_added_tokens: bool = True) -> int:
+        return self.vocab_size
+
+
+def looked_up_tokens(cfg: JobConfig) -> list[str]:
+    """The token strings `tokenizer_info` looks up for this job."""
+    preset = shtok.PRESETS.get(cfg.tokenizer)
+    out = [preset.bos, preset.eos] if preset else []
+    return [t for t in out + [cfg.bos_token, cfg.eos_token] if t]
+
+
 def tokenizer_info(cfg: JobConfig, tok=None) -> TokenizerInfo:
-    """The manifest's tokenizer identity for the job (loads the tokenizer: InputError if it can't)."""
+    """The manifest's tokenizer identity for the job. `tok` is the loaded tokenizer or its
+    TokenizerFacts; without it the tokenizer is loaded here (InputError if it can't be)."""
     path = shtok.resolve_path(cfg.tokenizer)
-    tok = tok or shtok.load(cfg.tokenizer)
+    tok = tok if tok is not None else shtok.load(cfg.tokenizer)
     preset_bos, preset_eos = shtok.special_ids(cfg.tokenizer, tok)
     bos = _token_id(tok, cfg.bos_token, "BOS", cfg.tokenizer) if cfg.bos_token else preset_bos
     eos = _token_id(tok, cfg.eos_token, "EOS", cfg.tokenizer) if cfg.eos_token else preset_eos
@@ -81,21 +107,50 @@ def split_text(text: str, piece_chars: int) -> list[str]:
     return pieces
 
 
+RAYON_THREADS = "2"
+"""Tokenizer threads per worker process (RAYON_NUM_THREADS, unless set). The job runs one worker
+per core, and the runner deals each its share up front; with one thread, a worker that finished
+first left its core idle until the other was done (3% of the tokens apart on the bench corpus:
+~2 s). With two, the last worker's batches spread over both cores. Two processes of two threads
+on 2 cores did the same balanced work as two of one thread in the same time (11.6 vs 11.4 s,
+3 alternating rounds), so the idle end is won back at no cost."""
+
+_LOADED: dict[str, object] = {}
+"""Tokenizers this process has loaded, by the sha256 of their JSON: what a zygote preloads."""
+
+
+def _by_content(json_bytes: bytes, where: str):
+    sha = hashlib.sha256(json_bytes).hexdigest()
+    if sha not in _LOADED:
+        from tokenizers import Tokenizer
+
+        try:
+            _LOADED[sha] = Tokenizer.from_str(json_bytes.decode("utf-8"))
+        except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON
+            raise ConfigError(f"cannot load tokenizer {where}: {exc}") from exc
+    return _LOADED[sha], sha
+
+
+def preload(name: str):
+    """Load tokenizer `name` (preset or path) into this process ahead of DocTokenizer and return
+    it; None if it cannot be loaded (the launcher's own checks report why)."""
+    try:
+        with open(shtok.resolve_path(name), "rb") as f:
+            return _by_content(f.read(), name)[0]
+    except Exception:  # noqa: BLE001
+        return None
+
+
 class DocTokenizer:
     """One per worker process: encodes batches of documents to uint32 arrays with BOS/EOS."""
 
     def __init__(self, cfg: JobConfig, info: TokenizerInfo, json_text: str | None = None):
-        # One tokenizer thread per worker process: the job runs one process per core, and two
-        # single-threaded processes outrun one process with two threads (no rayon hand-offs).
-        os.environ.setdefault("RAYON_NUM_THREADS", "1")
+        os.environ.setdefault("RAYON_NUM_THREADS", RAYON_THREADS)
         if json_text is not None:  # a path tokenizer shipped inside the job (see shipped_json)
-            from tokenizers import Tokenizer
-
-            self.tok = Tokenizer.from_str(json_text)
-            got = hashlib.sha256(json_text.encode("utf-8")).hexdigest()
+            self.tok, got = _by_content(json_text.encode("utf-8"), "shipped with the job")
         else:
-            self.tok = shtok.load(cfg.tokenizer)
-            got = shtok.file_sha256(shtok.resolve_path(cfg.tokenizer))
+            with open(shtok.resolve_path(cfg.tokenizer), "rb") as f:
+                self.tok, got = _by_content(f.read(), cfg.tokenizer)
         if got != info.sha256:
             raise ConfigError(f"tokenizer {cfg.tokenizer} on this worker has sha256 {got}, the job was "
                               f"planned with {info.sha256}; install the same tokenizer everywhere")

@@ -14,6 +14,7 @@ job in the launcher with its traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 # Messages that say nothing about the job: Beam's optional GCP clients, its boot sequence.
@@ -50,11 +51,29 @@ def command() -> str:
     return f"{sys.executable} -m pipeline.worker"
 
 
-def main() -> None:
-    quiet_logging(logging.ERROR)
+def run_harness() -> None:
+    """Beam's SDK worker with this process's environment and sys.argv; returns when the runner
+    closes the control channel."""
     from apache_beam.runners.worker import sdk_worker_main
 
     sdk_worker_main.main(sys.argv)
+
+
+def main() -> None:
+    from steppack.cli import exit_now
+
+    from .warm import ENV, hand_off
+
+    if os.environ.get(ENV):  # a local job's pre-started worker (warm.py) runs it, if still there
+        code = hand_off(os.environ[ENV])
+        if code is not None:
+            exit_now(code)
+    quiet_logging(logging.ERROR)
+    run_harness()
+    # The work is done and the harness has flushed its logs; Beam's gRPC channels and thread
+    # pools take ~0.3 s of interpreter teardown per worker, and the local runner closes its
+    # workers one after the other before the launcher returns.
+    exit_now(0)
 
 
 if __name__ == "__main__":
