@@ -13,6 +13,7 @@ of is ordered by content hashes, so the output never depends on which bundle wro
 from __future__ import annotations
 
 import uuid
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -48,29 +49,56 @@ def write_spill(path: str, keys: list[int], docs: list[Doc]) -> None:
         pa.array(np.fromiter((d.source for d in docs), np.uint16, len(docs))),
         pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values)),
     ], schema=SPILL_SCHEMA)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_file(sink, SPILL_SCHEMA) as w:
+    with fs.atomic_output(path) as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as w:
         w.write_table(table)
-    fs.write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def read_spills(paths: list[str], dtype) -> list[tuple[int, Doc]]:
-    """Every (key, doc) of the given spill files, ordered by (key, doc_id): the bucket's order."""
-    out: list[tuple[int, Doc]] = []
+class BucketDocs(NamedTuple):
+    """The documents of one bucket in its order, as columns and one flat token array."""
+
+    keys: np.ndarray
+    doc_ids: np.ndarray
+    sources: np.ndarray
+    lens: np.ndarray
+    tokens: np.ndarray
+    """Every document's tokens, end to end in bucket order."""
+
+    def docs(self) -> list[Doc]:
+        ends = np.cumsum(self.lens)
+        return [Doc(self.tokens[e - n:e], int(i), int(s))
+                for e, n, i, s in zip(ends.tolist(), self.lens.tolist(), self.doc_ids, self.sources)]
+
+
+def _open_spill(path: str) -> pa.Table:
+    # Mapped, not read: the tokens are copied once, into bucket order.
+    source = pa.memory_map(fs.local_path(path)) if fs.is_local(path) else pa.py_buffer(fs.read_bytes(path))
+    return pa.ipc.open_file(source).read_all()
+
+
+def read_bucket(paths: list[str], dtype) -> BucketDocs:
+    """Every document of the given spill files, ordered by (key, doc_id): the bucket's order."""
+    keys, ids, srcs, lens, starts, files, values = [], [], [], [], [], [], []
     for p in paths:
-        table = pa.ipc.open_file(pa.py_buffer(fs.read_bytes(p))).read_all().combine_chunks()
-        keys = table.column("key").to_numpy()
-        ids = table.column("doc_id").to_numpy()
-        srcs = table.column("source").to_numpy()
-        col = table.column("tokens").chunk(0) if table.num_rows else None
-        if col is None:
-            continue
-        offsets = col.offsets.to_numpy()
-        values = col.values.to_numpy().astype(dtype, copy=False)
-        for i in range(table.num_rows):
-            out.append((int(keys[i]), Doc(values[offsets[i]:offsets[i + 1]], int(ids[i]), int(srcs[i]))))
-    out.sort(key=lambda kd: (kd[0], kd[1].doc_id))
-    return out
+        table = _open_spill(p)
+        for batch in table.to_batches():
+            col = batch.column(3)
+            offsets = col.offsets.to_numpy()
+            keys.append(batch.column(0).to_numpy())
+            ids.append(batch.column(1).to_numpy())
+            srcs.append(batch.column(2).to_numpy())
+            lens.append(np.diff(offsets))
+            starts.append(offsets[:-1])
+            files.append(np.full(len(offsets) - 1, len(values)))
+            values.append(col.values.to_numpy())
+    if not values:
+        z = np.zeros(0, np.int64)
+        return BucketDocs(z.astype(np.uint64), z.astype(np.uint64), z.astype(np.uint16), z, np.zeros(0, dtype))
+    keys, ids, srcs, lens, starts, files = (np.concatenate(c) for c in (keys, ids, srcs, lens, starts, files))
+    order = np.lexsort((ids, keys))
+    lens = lens[order]
+    tokens = np.concatenate([values[f][a:a + n] for f, a, n in
+                             zip(files[order].tolist(), starts[order].tolist(), lens.tolist())] or [np.zeros(0, dtype)])
+    return BucketDocs(keys[order], ids[order], srcs[order], lens, tokens.astype(dtype, copy=False))
 
 
 def rows_to_block(rows: list[Row], seq_len: int, dtype) -> RowBlock:

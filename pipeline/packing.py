@@ -160,6 +160,45 @@ class BestFitPacker:
         return [_row(pieces, self.seq_len, self.pad_id, self.dtype) for pieces in bins]
 
 
+class ConcatLayout(NamedTuple):
+    """Where `concat` puts the documents of a whole bucket, computed at once (`concat_layout`)."""
+
+    rows: int
+    """Full rows: the first rows * seq_len tokens of the documents laid end to end."""
+    piece_doc: np.ndarray
+    """Index (into the documents) of each piece, in stream order."""
+    piece_len: np.ndarray
+    """Tokens in each piece."""
+    piece_row: np.ndarray
+    """Row of each piece; `rows` for the pieces of the unfinished last row (the tail)."""
+
+    def row_offsets(self) -> np.ndarray:
+        """piece_offsets of the full rows (rows + 1 entries)."""
+        counts = np.bincount(self.piece_row[self.piece_row < self.rows], minlength=self.rows)
+        return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def concat_layout(lens: np.ndarray, seq_len: int) -> ConcatLayout:
+    """`concat` for documents of `lens` tokens in this order, vectorized: the same pieces and rows
+    as ConcatPacker.add over them (its `pending()` pieces are the tail, row == rows), for a whole
+    bucket in a few numpy passes instead of Python work per document and row."""
+    if seq_len <= 0:
+        raise ValueError(f"seq_len must be positive, got {seq_len}")
+    lens = np.asarray(lens, np.int64)
+    ends = np.cumsum(lens)
+    total = int(ends[-1]) if len(ends) else 0
+    # Piece boundaries: where a (non-empty) document starts, and every multiple of seq_len.
+    bounds = np.union1d(ends - lens, np.arange(0, total, seq_len))
+    bounds = bounds[bounds < total]
+    piece_len = np.diff(np.append(bounds, total))
+    return ConcatLayout(
+        rows=total // seq_len,
+        piece_doc=np.searchsorted(ends, bounds, side="right"),
+        piece_len=piece_len,
+        piece_row=bounds // seq_len,
+    )
+
+
 def cut_documents(rows: Iterable[Row], pieces: Iterable[Doc] = ()) -> set[int]:
     """Ids of the documents that appear as more than one piece among `rows` and `pieces`: the
     documents cut across rows (a document id names one document, so this counts documents, not cuts)."""

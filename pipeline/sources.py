@@ -149,24 +149,29 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], int]:
                 key = path[len(base):].lstrip("/") if path.startswith(base) and path != base \
                     else posixpath.basename(path)
                 total += size
-                if fmt == "jsonl":
-                    parts = max(1, min(MAX_JSONL_PARTS, math.ceil(size * COMPRESSION_RATIO[comp] / unit_bytes)))
-                elif fmt == "parquet":
-                    parts = max(1, min(_row_groups(path), math.ceil(size * 3 / unit_bytes)))
+                if fmt == "parquet":
+                    # Part j reads row groups j, j+parts, ...; its weight is what they hold
+                    # uncompressed (row groups differ: the bench's file has one twice the others).
+                    groups = _row_group_bytes(path)
+                    parts = max(1, min(len(groups), math.ceil(sum(groups) / unit_bytes)))
+                    weights = [float(sum(groups[j::parts])) for j in range(parts)]
                 else:
-                    parts = 1
-                weight = size * COMPRESSION_RATIO.get(comp, 1) * (3 if fmt == "parquet" else 1) / parts
-                units += [Unit(si, src.name, path, key, fmt, comp, src.text, j, parts, weight) for j in range(parts)]
+                    parts = max(1, min(MAX_JSONL_PARTS, math.ceil(size * COMPRESSION_RATIO[comp] / unit_bytes))) \
+                        if fmt == "jsonl" else 1
+                    weights = [size * COMPRESSION_RATIO.get(comp, 1) / parts] * parts
+                units += [Unit(si, src.name, path, key, fmt, comp, src.text, j, parts, weights[j]) for j in range(parts)]
     return units, total
 
 
-def _row_groups(path: str) -> int:
+def _row_group_bytes(path: str) -> list[int]:
+    """Uncompressed bytes of each row group, from the footer."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
     try:
         with FileSystems.open(path) as f:
-            return pq.ParquetFile(f).metadata.num_row_groups
+            meta = pq.ParquetFile(f).metadata
+            return [meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)]
     except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a broken footer
         raise InputError(f"{path} is not a readable Parquet file ({exc})") from exc
 

@@ -34,8 +34,9 @@ from shards.format import REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, step_file_na
 
 from . import buckets as bk
 from .config import JobConfig
-from .packing import ConcatPacker, Packing, cut_documents, packer
+from .packing import ConcatPacker, Doc, Packing, concat_layout, cut_documents, packer
 from .plan import doc_id, make_plan, shuffle_key
+from .schedule import deal_order
 from .sources import Reject, Unit, read_unit
 from .tokenize import DocTokenizer, shipped_json
 
@@ -45,8 +46,10 @@ REJECTS_FILE = f"{REJECTS_DIR}/rejects.jsonl"
 # element against ~1 ms of tokenizing), small enough that a batch of long documents stays small.
 BATCH_DOCS = 256
 BATCH_CHARS = 4 << 20
-# Tokenized bytes a SpillBuckets bundle buffers before writing its spill files.
-SPILL_BYTES = 64 << 20
+# Tokenized bytes a SpillBuckets bundle buffers before writing its spill files: small enough that
+# the writing happens while the other workers tokenize (at 64 MiB a worker's whole share of the
+# bench corpus was written after its last document, on the job's critical path).
+SPILL_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -111,30 +114,28 @@ def read_batches(unit: Unit):
 
 
 class ReadDocuments(beam.PTransform):
-    def __init__(self, units: list[Unit]):
+    def __init__(self, units: list[Unit], workers: int):
         super().__init__()
-        self.units = units
+        self.units, self.workers = units, workers
 
     def expand(self, pbegin):
         return (
             pbegin
             # reshuffle=False: Create's default Reshuffle would put the units in random order
             # before SpreadUnits, undoing the heaviest-first dealing.
-            | "ListUnits" >> beam.Create(spread_order(self.units), reshuffle=False)
+            | "ListUnits" >> beam.Create(spread_order(self.units, self.workers), reshuffle=False)
             | "SpreadUnits" >> beam.GroupByKey()
             | "Unkey" >> beam.FlatMap(lambda kv: kv[1])
             | "ReadUnits" >> beam.FlatMap(read_batches).with_outputs("rejects", "stats", main="docs")
         )
 
 
-def spread_order(units: list[Unit]) -> list[tuple[int, Unit]]:
-    """Units keyed 0, 1, 2, ... heaviest first, for a GroupByKey that spreads them over workers.
-
-    The local FnApiRunner deals grouped keys to its workers round-robin in the order they arrive,
-    so heaviest-first dealing is a longest-processing-time schedule (a random Reshuffle left one
-    of two workers idle for a while); other runners just see distinct keys, as with Reshuffle.
-    """
-    order = sorted(range(len(units)), key=lambda i: (-units[i].weight, i))
+def spread_order(units: list[Unit], workers: int) -> list[tuple[int, Unit]]:
+    """Units keyed 0, 1, 2, ... in `schedule.deal_order`, for a GroupByKey that spreads them over
+    workers: the local FnApiRunner deals the keys round-robin in the order they arrive, so every
+    worker gets the same estimated work, heaviest first (a random Reshuffle left one of two
+    workers idle for a while). Other runners just see distinct keys, as with Reshuffle."""
+    order = deal_order([u.weight for u in units], workers)
     return [(k, units[i]) for k, i in enumerate(order)]
 
 
@@ -167,8 +168,6 @@ class TokenizeFn(beam.DoFn):
         self.last = 0.0
 
     def process(self, batch):
-        from .packing import Doc
-
         source, name, key, records = batch
         cfg = self.job.cfg
         ids = self.tok.encode([t for _, t in records])
@@ -271,32 +270,44 @@ class PackBucketFn(beam.DoFn):
         bucket, paths = kv
         job = self.job
         dtype = np.dtype(job.dtype)
-        docs = bk.read_spills(sorted(paths), dtype)
-        p = packer(job.cfg.packing, job.cfg.seq_len, job.tokenizer.pad_id, dtype)
-        rows = []
-        for _, d in docs:
-            rows.extend(p.add(d))
-        if isinstance(p, ConcatPacker):
-            tail = p.pending()  # the unfinished last row goes on to pack_tails
+        docs = bk.read_bucket(sorted(paths), dtype)
+        if job.cfg.packing is Packing.CONCAT:
+            block, tail, cut = self._concat(docs)
         else:
-            tail = []
-            rows.extend(p.flush())
+            p = packer(job.cfg.packing, job.cfg.seq_len, job.tokenizer.pad_id, dtype)
+            rows = [r for d in docs.docs() for r in p.add(d)] + p.flush()
+            block, tail, cut = bk.rows_to_block(rows, job.cfg.seq_len, dtype), [], cut_documents(rows)
         del docs
         # A document lies in one bucket; the only one of its pieces that can travel on to
         # pack_tails is the first tail piece, so pack_tails is told which tail ids are counted.
-        cut = cut_documents(rows, tail)
         if tail:
             counted = sorted({d.doc_id for d in tail} & cut)
             yield beam.pvalue.TaggedOutput("tails", (bucket, bk.pieces_to_bytes(tail), counted))
         stats = {"documents_cut": len(cut)}
         count(stats)
         yield beam.pvalue.TaggedOutput("stats", stats)
-        if rows:
+        if block.num_rows:
             rel = f"{bk.WORK_DIR}/buckets/bucket-{bucket:05d}.arrow"
-            write_step(job.out, rel, bk.rows_to_block(rows, job.cfg.seq_len, dtype),
-                       seq_len=job.cfg.seq_len, dtype=job.dtype, step=None)
-            Metrics.counter(NS, "bucket_rows").inc(len(rows))
-            yield ("bucket", bucket, rel, len(rows))
+            write_step(job.out, rel, block, seq_len=job.cfg.seq_len, dtype=job.dtype, step=None)
+            Metrics.counter(NS, "bucket_rows").inc(block.num_rows)
+            yield ("bucket", bucket, rel, block.num_rows)
+
+    def _concat(self, docs: bk.BucketDocs) -> tuple[RowBlock, list[Doc], set[int]]:
+        """The bucket's full rows, the pieces of its unfinished last row (they go on to
+        pack_tails), and the ids of the documents cut (concat_layout: no per-row Python)."""
+        seq_len = self.job.cfg.seq_len
+        lay = concat_layout(docs.lens, seq_len)
+        full = lay.piece_row < lay.rows
+        n = lay.rows * seq_len
+        block = RowBlock(docs.tokens[:n].reshape(lay.rows, seq_len), lay.row_offsets(),
+                         lay.piece_len[full].astype(np.int32), docs.doc_ids[lay.piece_doc[full]],
+                         docs.sources[lay.piece_doc[full]])
+        tail, at = [], n
+        for d, k in zip(lay.piece_doc[~full].tolist(), lay.piece_len[~full].tolist()):
+            tail.append(Doc(docs.tokens[at:at + k], int(docs.doc_ids[d]), int(docs.sources[d])))
+            at += k
+        pieces = np.bincount(lay.piece_doc, minlength=len(docs.lens))
+        return block, tail, set(docs.doc_ids[pieces > 1].tolist())
 
 
 def pack_tails(tails: list, job: Job):
@@ -504,7 +515,7 @@ class Prepare(beam.PTransform):
 
     def expand(self, pbegin):
         job = self.job
-        read = pbegin | "ReadDocuments" >> ReadDocuments(self.units)
+        read = pbegin | "ReadDocuments" >> ReadDocuments(self.units, job.cfg.workers)
         tok = read.docs | "TokenizeDocs" >> TokenizeDocs(job)
         spills = tok.tokens | "SpillBuckets" >> beam.ParDo(SpillFn(job))
         row_files, pack_stats = spills | "PackRows" >> PackRows(job)

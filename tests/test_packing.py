@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.packing import BestFitPacker, ConcatPacker, Doc, Packing, cut_documents, pack
+from pipeline.packing import BestFitPacker, ConcatPacker, Doc, Packing, concat_layout, cut_documents, pack
 
 PAD = 0
 
@@ -136,3 +136,21 @@ def test_packing_is_deterministic(lengths, seq_len, policy):
     a = as_lists(pack(policy, docs_of(lengths), seq_len, PAD))
     b = as_lists(pack(policy, docs_of(lengths), seq_len, PAD))
     assert a == b
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=40), max_size=30), st.integers(min_value=1, max_value=16))
+def test_concat_layout_is_the_concat_packer_vectorized(lengths, seq_len):
+    """The prepare job packs a whole bucket with concat_layout; it must give ConcatPacker's rows
+    and pending tail exactly (empty documents included: neither makes a piece of them)."""
+    docs = [Doc(np.full(n, k, np.uint32), doc_id=k, source=0) for k, n in enumerate(lengths)]
+    p = ConcatPacker(seq_len, PAD)
+    rows = [r for d in docs for r in p.add(d)]
+    tail = p.pending()
+    want = [(r, i, n) for r, row in enumerate(rows) for i, n in zip(row.doc_ids, row.doc_lens)]
+    want += [(len(rows), d.doc_id, len(d.tokens)) for d in tail]
+    lay = concat_layout(np.array(lengths, np.int64), seq_len)
+    assert lay.rows == len(rows)
+    assert list(zip(lay.piece_row.tolist(), lay.piece_doc.tolist(), lay.piece_len.tolist())) == want
+    offsets = lay.row_offsets()
+    assert offsets.tolist() == np.cumsum([0] + [len(r.doc_lens) for r in rows]).tolist()
