@@ -7,7 +7,7 @@ distinct documents) and one job.toml reads every format with a text template per
 
 - prepare: `steppack prepare --config job.toml --workers 2` as a separate process, timed from
   launch to exit (Beam start-up, worker processes, shuffle, packing and writing included), while
-  the summed RSS of the whole process tree is sampled every 50 ms (peak memory);
+  the summed PSS of the whole process tree is sampled every 250 ms (peak memory; see tree_pss);
 - limit (first multiple only): the same texts (read by the job's own readers, outside the timing)
   through the same tokenizer in one process with 2 rayon threads: `encode_batch_fast` (the limit
   the ratio uses) and `encode_batch`, batches of 1024 documents. Each repeat measures the limit
@@ -60,25 +60,28 @@ def make_corpus(src: str, dst: str, k: int) -> str:
     return job
 
 
-def tree_rss(pid: int) -> int:
-    """Summed RSS (bytes) of `pid` and all its descendants."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                parts = f.read().rsplit(")", 1)[1].split()
-            children.setdefault(int(parts[1]), []).append(int(d))
-            rss[int(d)] = int(parts[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, IndexError, ValueError):
-            continue
+def tree_pss(pid: int) -> int:
+    """Summed PSS (bytes) of `pid` and all its descendants.
+
+    PSS, not RSS: the local workers are forked from one pre-started process (pipeline/warm.py)
+    and share its pages, which RSS would count once per process. The tree is walked through each
+    thread's /proc children list (a worker's parent may be any thread of the runner), which costs
+    far less than scanning all of /proc: the sampler shares the job's two cores.
+    """
     total, todo = 0, [pid]
     while todo:
         p = todo.pop()
-        total += rss.get(p, 0)
-        todo += children.get(p, [])
+        try:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
+        except (OSError, ValueError):
+            continue
     return total
 
 
@@ -91,8 +94,8 @@ def run_prepare(job: str, out: str, workers: int) -> dict:
     done = threading.Event()
 
     def sample():
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], tree_rss(proc.pid))
+        while not done.wait(0.25):
+            peak[0] = max(peak[0], tree_pss(proc.pid))
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
@@ -105,7 +108,7 @@ def run_prepare(job: str, out: str, workers: int) -> dict:
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
     return {"wall_s": wall, "tokens": report["tokens"]["read"], "tokens_per_s": report["tokens"]["read"] / wall,
-            "peak_rss_mib": peak[0] / 2**20, "steps": report["steps"], "documents": report["documents"]["read"]}
+            "peak_pss_mib": peak[0] / 2**20, "steps": report["steps"], "documents": report["documents"]["read"]}
 
 
 LIMIT_CODE = r"""
@@ -196,14 +199,14 @@ def main(argv=None) -> int:
         print(f"raw limit, {args.threads} threads: encode_batch_fast {limit / 1e6:.3f}M tok/s, "
           f"encode_batch {results['limit']['encode_batch']['tokens_per_s'] / 1e6:.3f}M tok/s "
           f"(x{multiples[0]} corpus, {results['limit']['encode_batch_fast']['tokens'] / 1e6:.1f}M tokens)")
-    print(f"{'corpus':>7} {'tokens':>12} {'wall s':>8} {'tok/s':>10} {'ratio':>6} {'peak RSS MiB':>13}")
+    print(f"{'corpus':>7} {'tokens':>12} {'wall s':>8} {'tok/s':>10} {'ratio':>6} {'peak PSS MiB':>13}")
     for k, r in results["runs"].items():
         # The ratio: median over repeats of (job / the limit measured just before it); a multiple
         # without its own limit runs is set against the median limit.
         r.setdefault("ratio_to_limit", r["tokens_per_s"] / limit)
         per_run = f"  (per run: {', '.join(f'{x:.2f}' for x in r['ratios'])})" if "ratios" in r else ""
         print(f"{'x' + str(k):>7} {r['tokens']:>12,.0f} {r['wall_s']:>8.1f} {r['tokens_per_s'] / 1e6:>9.3f}M "
-              f"{r['ratio_to_limit']:>6.2f} {r['peak_rss_mib']:>13.0f}{per_run}")
+              f"{r['ratio_to_limit']:>6.2f} {r['peak_pss_mib']:>13.0f}{per_run}")
     if args.json:
         print(json.dumps(results, indent=1))
     return 0
