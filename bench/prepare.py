@@ -5,16 +5,20 @@
 For each multiple k the corpus is copied k times into a temporary folder (distinct file names, so
 distinct documents) and one job.toml reads every format with a text template per source. Then:
 
-- prepare: `steppack prepare --config job.toml --workers 2` as a separate process, timed from
-  launch to exit (Beam start-up, worker processes, shuffle, packing and writing included), while
-  the summed PSS of the whole process tree is sampled every 250 ms (peak memory; see tree_pss);
-- limit (first multiple only): the same texts (read by the job's own readers, outside the timing)
-  through the same tokenizer in one process with 2 rayon threads: `encode_batch_fast` (the limit
-  the ratio uses) and `encode_batch`, batches of 1024 documents. Each repeat measures the limit
-  and then runs the job, so that a machine whose speed drifts (a shared VM) moves both alike.
+- timing (first multiple only), --repeats times: the limit, then the job right after it, so that
+  a machine whose speed drifts (a shared VM) moves both alike; the ratio is the median of the
+  per-repeat ratios (job tokens/s over the limit measured just before it).
+  - limit: the same texts (read by the job's own readers, outside the timing) through the same
+    tokenizer in one process with 2 rayon threads, batches of 1024 documents: `encode_batch_fast`
+    (the limit the ratio uses; and `encode_batch` in the first repeat).
+  - job: `steppack prepare --config job.toml --workers 2 --quiet` as a separate process, timed
+    from launch to exit (Beam start-up, worker processes, shuffle, packing and writing included).
+  CPU s: the CPU time of every process of the job (all reaped down the tree, so it lands in this
+  process's children times), and of the limit's pass: how much more work the job does.
+- memory, every multiple: one more run, with the summed PSS of the job's process tree sampled
+  every 250 ms (see tree_pss). Sampling costs the job CPU, so these runs are not the timed ones.
 
-Prints a table and, with --json, the figures as JSON. Figures are medians over --repeats; the
-ratio is the median of the per-repeat ratios (job / the limit measured just before it).
+Prints the figures and, with --json, the JSON.
 """
 
 from __future__ import annotations
@@ -85,11 +89,16 @@ def tree_pss(pid: int) -> int:
     return total
 
 
-def run_prepare(job: str, out: str, workers: int) -> dict:
+def run_prepare(job: str, out: str, workers: int, sample_memory: bool) -> dict:
+    """One `steppack prepare` run: wall and CPU seconds, tokens/s, and (sample_memory) peak PSS.
+
+    Memory is sampled in runs of its own: reading smaps_rollup walks each process's page tables,
+    ~30 ms of CPU per sample of a running job, which a timed run on 2 cores would pay for."""
     cmd = [os.path.join(os.path.dirname(sys.executable), "steppack"), "prepare", "--config", job,
            "--output", out, "--workers", str(workers), "--overwrite", "--quiet"]
     peak = [0]
     t0 = time.perf_counter()
+    cpu0 = os.times()
     proc = subprocess.Popen(cmd, cwd=REPO)
     done = threading.Event()
 
@@ -98,17 +107,21 @@ def run_prepare(job: str, out: str, workers: int) -> dict:
             peak[0] = max(peak[0], tree_pss(proc.pid))
 
     th = threading.Thread(target=sample, daemon=True)
-    th.start()
+    if sample_memory:
+        th.start()
     rc = proc.wait()
     wall = time.perf_counter() - t0
+    cpu1 = os.times()  # every process of the job is reaped down the tree, so its CPU lands here
+    cpu = (cpu1.children_user - cpu0.children_user) + (cpu1.children_system - cpu0.children_system)
     done.set()
-    th.join()
+    if sample_memory:
+        th.join()
     if rc:
         raise SystemExit(f"prepare failed with exit code {rc}: {' '.join(cmd)}")
     with open(os.path.join(out, "report.json")) as f:
         report = json.load(f)
     return {"wall_s": wall, "tokens": report["tokens"]["read"], "tokens_per_s": report["tokens"]["read"] / wall,
-            "peak_pss_mib": peak[0] / 2**20, "steps": report["steps"], "documents": report["documents"]["read"]}
+            "peak_pss_mib": peak[0] / 2**20, "cpu_s": cpu, "steps": report["steps"], "documents": report["documents"]["read"]}
 
 
 LIMIT_CODE = r"""
@@ -119,12 +132,12 @@ texts = json.load(open(sys.argv[1]))
 tok = T.load("deepseek-llm")
 bos, eos = T.special_ids("deepseek-llm", tok)
 out = {}
-for fn in ("encode_batch_fast", "encode_batch"):
+for fn in sys.argv[2:]:
     f = getattr(tok, fn)
-    t0 = time.perf_counter(); n = 0
+    t0, c0 = time.perf_counter(), time.process_time(); n = 0
     for i in range(0, len(texts), 1024):
         n += sum(len(e.ids) + 2 for e in f(texts[i:i + 1024], add_special_tokens=False))
-    out[fn] = {"tokens": n, "seconds": time.perf_counter() - t0}
+    out[fn] = {"tokens": n, "seconds": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
 print(json.dumps(out))
 """
 
@@ -147,12 +160,13 @@ def dump_texts(job: str) -> str:
     return path
 
 
-def measure_limit(texts: str, threads: int) -> dict:
+def measure_limit(texts: str, threads: int, fns: tuple[str, ...]) -> dict:
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="true")
-    res = subprocess.run([sys.executable, "-c", LIMIT_CODE, texts], env=env, cwd=REPO, capture_output=True,
+    res = subprocess.run([sys.executable, "-c", LIMIT_CODE, texts, *fns], env=env, cwd=REPO, capture_output=True,
                          text=True, check=True)
     r = json.loads(res.stdout.strip().splitlines()[-1])
-    return {k: {"tokens": v["tokens"], "tokens_per_s": v["tokens"] / v["seconds"]} for k, v in r.items()}
+    return {k: {"tokens": v["tokens"], "tokens_per_s": v["tokens"] / v["seconds"], "cpu_s": v["cpu_s"]}
+            for k, v in r.items()}
 
 
 def main(argv=None) -> int:
@@ -175,38 +189,40 @@ def main(argv=None) -> int:
         for k in multiples:  # the limit is measured over the first (smallest) multiple's texts
             d = os.path.join(tmp, f"x{k}")
             job = make_corpus(args.corpus, d, k)
-            with_limit = "limit" not in results and not args.skip_limit
-            texts = dump_texts(job) if with_limit else None
-            runs, lim = [], []
-            for _ in range(args.repeats):  # limit and job back to back: drift hits both alike
-                if with_limit:
-                    lim.append(measure_limit(texts, args.threads))
-                runs.append(run_prepare(job, os.path.join(d, "out"), args.workers))
-                if with_limit:
-                    runs[-1]["ratio_to_limit"] = runs[-1]["tokens_per_s"] / lim[-1]["encode_batch_fast"]["tokens_per_s"]
-            if with_limit:
+            out = os.path.join(d, "out")
+            if k == multiples[0] and not args.skip_limit:
+                texts = dump_texts(job)
+                runs, lim = [], []
+                for rep in range(args.repeats):  # limit and job back to back: drift hits both alike
+                    fns = ("encode_batch_fast", "encode_batch") if rep == 0 else ("encode_batch_fast",)
+                    lim.append(measure_limit(texts, args.threads, fns))
+                    runs.append(run_prepare(job, out, args.workers, sample_memory=False))
+                    runs[-1]["ratio_to_limit"] = (runs[-1]["tokens_per_s"]
+                                                  / lim[-1]["encode_batch_fast"]["tokens_per_s"])
                 results["limit"] = {
                     fn: {"multiple": k, "tokens": lim[0][fn]["tokens"],
-                         "tokens_per_s": statistics.median(x[fn]["tokens_per_s"] for x in lim)}
+                         "tokens_per_s": statistics.median(x[fn]["tokens_per_s"] for x in lim if fn in x),
+                         "cpu_s": statistics.median(x[fn]["cpu_s"] for x in lim if fn in x)}
                     for fn in lim[0]}
-            results["runs"][k] = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
-            if with_limit:
-                results["runs"][k]["ratios"] = [round(r["ratio_to_limit"], 3) for r in runs]
+                results["timing"] = {key: statistics.median(r[key] for r in runs)
+                                     for key in runs[0] if key != "peak_pss_mib"}
+                results["timing"].update(multiple=k, ratios=[round(r["ratio_to_limit"], 3) for r in runs])
+            results["runs"][k] = run_prepare(job, out, args.workers, sample_memory=True)
             shutil.rmtree(d)
-    limit = results["limit"]["encode_batch_fast"]["tokens_per_s"] if "limit" in results else float("nan")
-    print(f"machine: {results['machine']}; prepare --workers {args.workers}; medians of {args.repeats}")
+    print(f"machine: {results['machine']}; prepare --workers {args.workers}")
     if "limit" in results:
-        print(f"raw limit, {args.threads} threads: encode_batch_fast {limit / 1e6:.3f}M tok/s, "
-          f"encode_batch {results['limit']['encode_batch']['tokens_per_s'] / 1e6:.3f}M tok/s "
-          f"(x{multiples[0]} corpus, {results['limit']['encode_batch_fast']['tokens'] / 1e6:.1f}M tokens)")
-    print(f"{'corpus':>7} {'tokens':>12} {'wall s':>8} {'tok/s':>10} {'ratio':>6} {'peak PSS MiB':>13}")
+        lim, t = results["limit"], results["timing"]
+        print(f"raw limit, {args.threads} threads, x{t['multiple']} corpus ({lim['encode_batch_fast']['tokens'] / 1e6:.1f}M "
+              f"tokens): encode_batch_fast {lim['encode_batch_fast']['tokens_per_s'] / 1e6:.3f}M tok/s "
+              f"({lim['encode_batch_fast']['cpu_s']:.1f} CPU s), encode_batch "
+              f"{lim['encode_batch']['tokens_per_s'] / 1e6:.3f}M tok/s")
+        print(f"prepare x{t['multiple']}, medians of {args.repeats} (each right after its limit): wall "
+              f"{t['wall_s']:.1f} s, {t['cpu_s']:.1f} CPU s, {t['tokens_per_s'] / 1e6:.3f}M tok/s, ratio to the "
+              f"limit {t['ratio_to_limit']:.2f} (per run: {', '.join(f'{x:.2f}' for x in t['ratios'])})")
+    print("peak memory, one more run per corpus size with the sampler on:")
+    print(f"{'corpus':>7} {'tokens':>12} {'wall s':>8} {'peak PSS MiB':>13}")
     for k, r in results["runs"].items():
-        # The ratio: median over repeats of (job / the limit measured just before it); a multiple
-        # without its own limit runs is set against the median limit.
-        r.setdefault("ratio_to_limit", r["tokens_per_s"] / limit)
-        per_run = f"  (per run: {', '.join(f'{x:.2f}' for x in r['ratios'])})" if "ratios" in r else ""
-        print(f"{'x' + str(k):>7} {r['tokens']:>12,.0f} {r['wall_s']:>8.1f} {r['tokens_per_s'] / 1e6:>9.3f}M "
-              f"{r['ratio_to_limit']:>6.2f} {r['peak_pss_mib']:>13.0f}{per_run}")
+        print(f"{'x' + str(k):>7} {r['tokens']:>12,.0f} {r['wall_s']:>8.1f} {r['peak_pss_mib']:>13.0f}")
     if args.json:
         print(json.dumps(results, indent=1))
     return 0
