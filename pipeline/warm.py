@@ -13,8 +13,8 @@ subprocess. The child ends when its worker process does (killed by the runner, s
 
 Without a zygote (another runner, or one that is gone) a worker starts cold, as before. The
 zygote serves `workers` hand-offs and waits for those children; it also exits when the launcher
-closes its stdin or dies before then. This module imports only the standard library at the top: a worker process imports it
-before it knows whether it will need Beam at all.
+closes its stdin (or dies) before then. This module imports only the standard library at the
+top: a worker process imports it before it knows whether it will need Beam at all.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class Zygote:
         except (OSError, subprocess.TimeoutExpired):
             self.proc.kill()
             self.proc.wait()
+        self.proc.stdout.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
