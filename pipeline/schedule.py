@@ -16,7 +16,7 @@ first) but hands each round's heaviest unit to the least-loaded worker so far::
     dealt    round 1: 9 -> w0, 8 -> w1; round 2: 7 -> w1 (15), 6 -> w0 (15); round 3: 5 -> w0, 4 -> w1;
              round 4: 3 -> w1:  w0: 9 6 5 = 20   w1: 8 7 4 3 = 22
 
-Workers are labels; the one that takes the last, partial round's units are relabelled to come
+Workers are labels: the ones that take the last, partial round's units are relabelled to come
 first, since position p of that round goes to worker p % n.
 """
 

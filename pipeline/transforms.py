@@ -299,9 +299,9 @@ class PackBucketFn(beam.DoFn):
         lay = concat_layout(docs.lens, seq_len)
         full = lay.piece_row < lay.rows
         n = lay.rows * seq_len
+        doc = lay.piece_doc[full]
         block = RowBlock(docs.tokens[:n].reshape(lay.rows, seq_len), lay.row_offsets(),
-                         lay.piece_len[full].astype(np.int32), docs.doc_ids[lay.piece_doc[full]],
-                         docs.sources[lay.piece_doc[full]])
+                         lay.piece_len[full].astype(np.int32), docs.doc_ids[doc], docs.sources[doc])
         tail, at = [], n
         for d, k in zip(lay.piece_doc[~full].tolist(), lay.piece_len[~full].tolist()):
             tail.append(Doc(docs.tokens[at:at + k], int(docs.doc_ids[d]), int(docs.sources[d])))
