@@ -26,7 +26,7 @@ from .config import JobConfig
 from .sources import discover
 from .tokenize import RAYON_THREADS, looked_up_tokens, tokenizer_info
 from .warm import Zygote
-from .worker import quiet_logging
+from .worker import import_beam, quiet_logging
 
 
 def check_output(cfg: JobConfig) -> None:
@@ -183,7 +183,7 @@ def _names_runner(beam_args: list[str]) -> bool:
 
 def _run(cfg: JobConfig, beam_args: list[str], quiet: bool, started: float, zygote: Zygote | None) -> dict:
     quiet_logging()  # before Beam's imports, which log through the root logger
-    import apache_beam as beam
+    beam = import_beam()
 
     from .transforms import Job, Prepare
 

@@ -217,7 +217,7 @@ def main(argv: list[str]) -> None:
     tokenizer, workers, lookups, fd = argv[1], int(argv[2]), json.loads(argv[3]), int(argv[4])
     import logging
 
-    from .worker import quiet_logging, run_harness
+    from .worker import import_beam, quiet_logging, run_harness
 
     quiet_logging(logging.ERROR)  # as a cold worker logs
     # The tokenizer first: the launcher waits for its facts (one JSON line on stdout).
@@ -229,10 +229,18 @@ def main(argv: list[str]) -> None:
     sys.stdout.flush()
     # Then what every worker imports before its first document: Beam's harness and the job's
     # DoFns (numpy, pyarrow, the readers).
+    import_beam()
     from apache_beam.runners.worker import sdk_worker_main  # noqa: F401
 
     from . import transforms  # noqa: F401
 
+    # pyarrow imports pandas on its first conversion to or from numpy (~0.45 s, see import_beam
+    # for why Beam no longer did): every worker makes one when it writes its first spill file,
+    # at the end of its share. Made here, before the fork, the workers find pandas loaded.
+    import numpy as np
+    import pyarrow as pa
+
+    pa.array(np.zeros(1, np.uint8)).to_numpy()
     serve(socket.socket(fileno=fd), workers, run_harness)
     from steppack.cli import exit_now
 

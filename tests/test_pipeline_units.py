@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import apache_beam as beam
 import pytest
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -124,3 +127,21 @@ def test_deal_order_deals_every_unit_once_evenly_and_heaviest_first(weights, wor
     for w in range(workers):  # each worker works through its share heaviest first
         share = [weights[i] for i in order[w::workers]]
         assert share == sorted(share, reverse=True)
+
+
+def test_import_beam_hides_unused_packages_only_while_importing_beam():
+    # A fresh process (this one imported Beam long ago): Beam comes up without pandas, which
+    # then still imports for `datasets`; and the runner used by every local job still works.
+    code = (
+        "import sys\n"
+        "from pipeline.worker import import_beam\n"
+        "beam = import_beam()\n"
+        "print(sorted(m for m in ('pandas', 'bson', 'pymongo') if m in sys.modules))\n"
+        "import pandas, datasets\n"
+        "from apache_beam.runners.portability.fn_api_runner import FnApiRunner\n"
+        "with beam.Pipeline(runner=FnApiRunner()) as p:\n"
+        "    _ = p | beam.Create([1, 2]) | beam.Map(print)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split("\n")[0] == "[]"
+    assert sorted(out.split("\n")[1:3]) == ["1", "2"]
