@@ -1,6 +1,7 @@
 """The Beam job: composite PTransforms, each a thin adapter over the pure modules.
 
-    ReadDocuments    read units (file parts) -> batches of (record, text); malformed -> rejects
+    ReadDocuments    read units (file parts) -> batches of documents, filled across units;
+                     malformed records -> rejects
     TokenizeDocs     filter (empty / min / max chars, counted by reason) and tokenize, batched;
                      tokenizer loaded once per worker in setup()
     SpillBuckets     seeded hash -> bucket; documents go to spill files, only their names shuffle
@@ -94,23 +95,44 @@ class SumDicts(beam.CombineFn):
 
 # ---------------------------------------------------------------- ReadDocuments
 
-def read_batches(unit: Unit):
-    """Batches of (record, text) of one unit; Rejects (and their counts) on tagged outputs."""
-    batch, chars = [], 0
-    for item in read_unit(unit):
-        if isinstance(item, Reject):
-            stats = {"documents_read": 1, f"documents_dropped/{item.reason}": 1}
-            count(stats)
-            yield beam.pvalue.TaggedOutput("rejects", item.to_dict())
-            yield beam.pvalue.TaggedOutput("stats", stats)
-            continue
-        batch.append(item)
-        chars += len(item[1])
-        if len(batch) >= BATCH_DOCS or chars >= BATCH_CHARS:
-            yield (unit.source, unit.source_name, unit.key, batch)
-            batch, chars = [], 0
-    if batch:
-        yield (unit.source, unit.source_name, unit.key, batch)
+class ReadFn(beam.DoFn):
+    """Units -> batches of documents for the tokenizer: [(source, name, key, [(record, text)])],
+    one entry per unit the batch draws on. Rejects (and their counts) go on tagged outputs.
+
+    A batch fills across units (flushed when full and at the bundle's end): the last units of a
+    worker's share are small (a .tex file is one document), and one document per tokenizer call
+    kept one of its two threads idle while the other worker was already done."""
+
+    def start_bundle(self):
+        self.parts: list[tuple] = []
+        self.docs = self.chars = 0
+
+    def process(self, unit: Unit):
+        records: list[tuple[int, str]] = []
+        for item in read_unit(unit):
+            if isinstance(item, Reject):
+                stats = {"documents_read": 1, f"documents_dropped/{item.reason}": 1}
+                count(stats)
+                yield beam.pvalue.TaggedOutput("rejects", item.to_dict())
+                yield beam.pvalue.TaggedOutput("stats", stats)
+                continue
+            records.append(item)
+            self.docs += 1
+            self.chars += len(item[1])
+            if self.docs >= BATCH_DOCS or self.chars >= BATCH_CHARS:
+                self.parts.append((unit.source, unit.source_name, unit.key, records))
+                records = []
+                yield self._take()
+        if records:
+            self.parts.append((unit.source, unit.source_name, unit.key, records))
+
+    def finish_bundle(self):
+        if self.parts:
+            yield GlobalWindows.windowed_value(self._take())
+
+    def _take(self) -> list[tuple]:
+        batch, self.parts, self.docs, self.chars = self.parts, [], 0, 0
+        return batch
 
 
 class ReadDocuments(beam.PTransform):
@@ -126,7 +148,7 @@ class ReadDocuments(beam.PTransform):
             | "ListUnits" >> beam.Create(spread_order(self.units, self.workers), reshuffle=False)
             | "SpreadUnits" >> beam.GroupByKey()
             | "Unkey" >> beam.FlatMap(lambda kv: kv[1])
-            | "ReadUnits" >> beam.FlatMap(read_batches).with_outputs("rejects", "stats", main="docs")
+            | "ReadUnits" >> beam.ParDo(ReadFn()).with_outputs("rejects", "stats", main="docs")
         )
 
 
@@ -152,7 +174,7 @@ def drop_reason(text: str, cfg: JobConfig) -> str | None:
 
 
 class TokenizeFn(beam.DoFn):
-    """(source, name, key, [(record, text)]) -> [(shuffle key, Doc)] of the kept documents."""
+    """A batch of ReadFn -> [(shuffle key, Doc)] of the kept documents."""
 
     def __init__(self, job: Job, tokenizer_json: str | None = None):
         self.job = job
@@ -168,26 +190,27 @@ class TokenizeFn(beam.DoFn):
         self.last = 0.0
 
     def process(self, batch):
-        source, name, key, records = batch
         cfg = self.job.cfg
-        ids = self.tok.encode([t for _, t in records])
+        ids = iter(self.tok.encode([text for *_, records in batch for _, text in records]))
         stats = Counter()
         kept = []
-        for (record, text), tokens in zip(records, ids):
-            n = len(tokens)
-            stats["documents_read"] += 1
-            stats["tokens_read"] += n
-            reason = drop_reason(text, cfg)
-            if reason:
-                stats[f"documents_dropped/{reason}"] += 1
-                stats[f"tokens_dropped/{reason}"] += n
-                continue
-            stats["documents_kept"] += 1
-            stats["tokens_kept"] += n
-            stats[f"source_documents/{source}"] += 1
-            stats[f"source_tokens/{source}"] += n
-            did = doc_id(name, key, record)
-            kept.append((shuffle_key(cfg.seed, did), Doc(tokens, did, source)))
+        for source, name, key, records in batch:
+            for record, text in records:
+                tokens = next(ids)
+                n = len(tokens)
+                stats["documents_read"] += 1
+                stats["tokens_read"] += n
+                reason = drop_reason(text, cfg)
+                if reason:
+                    stats[f"documents_dropped/{reason}"] += 1
+                    stats[f"tokens_dropped/{reason}"] += n
+                    continue
+                stats["documents_kept"] += 1
+                stats["tokens_kept"] += n
+                stats[f"source_documents/{source}"] += 1
+                stats[f"source_tokens/{source}"] += n
+                did = doc_id(name, key, record)
+                kept.append((shuffle_key(cfg.seed, did), Doc(tokens, did, source)))
         count(stats)
         self._progress(stats)
         yield beam.pvalue.TaggedOutput("stats", dict(stats))

@@ -145,3 +145,41 @@ def test_import_beam_hides_unused_packages_only_while_importing_beam():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split("\n")[0] == "[]"
     assert sorted(out.split("\n")[1:3]) == ["1", "2"]
+
+
+def test_local_workers_sample_state_every_20_ms_not_200():
+    # A fresh process, as a worker is: Beam's sampler thread sleeps this long at most, and every
+    # bundle's end waits for it to wake.
+    code = (
+        "from apache_beam.runners.worker import statesampler\n"
+        "from apache_beam.utils.counters import CounterFactory\n"
+        "from pipeline.worker import short_state_sampling\n"
+        "before = statesampler.StateSampler('s', CounterFactory()).sampling_period_ms\n"
+        "short_state_sampling()\n"
+        "print(before, statesampler.StateSampler('s', CounterFactory()).sampling_period_ms)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["200", "20"]
+
+
+def test_read_batches_fill_across_units_and_keep_every_record_once(tmp_path):
+    from pipeline.sources import discover
+    from pipeline.transforms import BATCH_DOCS, ReadFn
+
+    for i in range(3):  # one document per text file: one unit each
+        (tmp_path / f"doc{i}.txt").write_text(f"document {i}")
+    (tmp_path / "many.jsonl").write_text("".join(f'{{"text": "record {i}"}}\n' for i in range(BATCH_DOCS + 44)))
+    (tmp_path / "bad.jsonl").write_text('{"text": "kept"}\nnot json\n')
+    cfg = build(None, str(tmp_path), {"input": [str(tmp_path / "*")], "output": str(tmp_path / "out")})
+    units, _ = discover(cfg)
+    fn = ReadFn()
+    fn.start_bundle()
+    out = [o for u in units for o in fn.process(u)] + [w.value for w in fn.finish_bundle()]
+    batches = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
+    rejects = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput) and o.tag == "rejects"]
+    assert [sum(len(p[3]) for p in b) for b in batches] == [BATCH_DOCS, 3 + 44 + 1]
+    # bad.jsonl, doc0..2.txt, then many.jsonl until the first batch is full
+    assert [p[2] for p in batches[0]] == ["bad.jsonl", "doc0.txt", "doc1.txt", "doc2.txt", "many.jsonl"]
+    got = sorted((key, record, text) for b in batches for _, _, key, records in b for record, text in records)
+    assert len(got) == len(set(got)) == BATCH_DOCS + 44 + 3 + 1
+    assert [(r["reason"], r["record"]) for r in rejects] == [("bad_json", 1)]
