@@ -5,9 +5,9 @@
     TokenizeDocs     filter (empty / min / max chars, counted by reason) and tokenize, batched;
                      tokenizer loaded once per worker in setup()
     SpillBuckets     seeded hash -> bucket; documents go to spill files, only their names shuffle
-    PackRows         per bucket: read its spills, order by hash, pack -> bucket file of rows;
-                     concat tails of all buckets packed last (only the job's final row is padded)
-    AssignSteps      per-bucket row counts -> plan of (bucket file, row range) slices per step
+    PackRows         per bucket: read its spills, order by hash, pack -> bucket file of rows
+    AssignSteps      concat tails of all buckets packed last (only the job's final row is padded);
+                     per-file row counts -> plan of (row file, row range) slices per step
     WriteStepShards  each step reads its slices and writes steps/step-XXXXXXXX.arrow
     WriteManifest    rejects/, report.json, then manifest.json last; _work/ removed
 
@@ -333,9 +333,10 @@ class PackBucketFn(beam.DoFn):
         return block, tail, set(docs.doc_ids[pieces > 1].tolist())
 
 
-def pack_tails(tails: list, job: Job):
+def pack_tails(tails: list, job: Job) -> tuple[dict, list[tuple]]:
     """Every bucket's unfinished last row, in bucket order, packed on: full rows then the final
-    padded row (which always goes to the remainder)."""
+    padded row (which always goes to the remainder). Writes them; returns the stats and the
+    row files, as PackBucketFn emits them."""
     dtype = np.dtype(job.dtype)
     p = ConcatPacker(job.cfg.seq_len, job.tokenizer.pad_id, dtype)
     rows = []
@@ -347,36 +348,30 @@ def pack_tails(tails: list, job: Job):
     final = p.flush()
     stats = {"documents_cut": len(cut_documents(rows + final) - counted)}
     count(stats)
-    yield beam.pvalue.TaggedOutput("stats", stats)
+    files = []
     for name, rs, order in (("tail", rows, job.buckets), ("final", final, job.buckets + 1)):
         if rs:
             rel = f"{bk.WORK_DIR}/buckets/{name}.arrow"
             write_step(job.out, rel, bk.rows_to_block(rs, job.cfg.seq_len, dtype),
                        seq_len=job.cfg.seq_len, dtype=job.dtype, step=None)
-            yield (name, order, rel, len(rs))
+            files.append((name, order, rel, len(rs)))
+    return stats, files
 
 
 class PackRows(beam.PTransform):
-    """Spill files -> row files (main output) and {"documents_cut": n} dicts ("stats")."""
+    """Spill files -> bucket row files (main output), each bucket's unfinished last row ("tails")
+    and {"documents_cut": n} dicts ("stats")."""
 
     def __init__(self, job: Job):
         super().__init__()
         self.job = job
 
     def expand(self, spills):
-        packed = (
+        return (
             spills
             | "GroupSpillsByBucket" >> beam.GroupByKey()
             | "PackBuckets" >> beam.ParDo(PackBucketFn(self.job)).with_outputs("tails", "stats", main="buckets")
         )
-        tail = (
-            packed.tails
-            | "GatherTails" >> beam.combiners.ToList()
-            | "PackTails" >> beam.FlatMap(pack_tails, self.job).with_outputs("stats", main="rows")
-        )
-        rows = (packed.buckets, tail.rows) | "AllRowFiles" >> beam.Flatten()
-        stats = (packed.stats, tail.stats) | "AllPackStats" >> beam.Flatten()
-        return rows, stats
 
 
 # ---------------------------------------------------------------- AssignSteps / WriteStepShards
@@ -393,18 +388,34 @@ def step_tasks(files: list, rows_per_step: int):
         yield (-1, [tuple(x) for x in remainder])
 
 
-class AssignSteps(beam.PTransform):
-    def __init__(self, job: Job):
-        super().__init__()
-        self.job = job
+def plan_steps(_, job: Job, buckets: list, tails: list):
+    """The tails packed (pack_tails), then every row file -> the step tasks (step_tasks)."""
+    stats, files = pack_tails(tails, job)
+    yield beam.pvalue.TaggedOutput("stats", stats)
+    yield from step_tasks(list(buckets) + files, job.cfg.rows_per_step)
 
-    def expand(self, row_files):
-        return (
-            row_files
-            | "GatherRowCounts" >> beam.combiners.ToList()
-            | "PlanSteps" >> beam.FlatMap(step_tasks, self.job.cfg.rows_per_step)
-            | "SpreadSteps" >> beam.Reshuffle()
+
+class AssignSteps(beam.PTransform):
+    """PackRows' outputs -> step tasks spread over the workers (main) and the tails' stats.
+
+    One element, with the bucket files and tails as side inputs: gathering them with ToList and
+    packing the tails in a step of its own took five more stages, each a round trip to every
+    worker on the local runner."""
+
+    def __init__(self, job: Job, packed):
+        super().__init__()
+        self.job, self.packed = job, packed
+
+    def expand(self, pbegin):
+        packed = self.packed
+        plan = (
+            pbegin
+            | "Once" >> beam.Create([None])
+            | "PackTailsPlanSteps" >> beam.FlatMap(
+                plan_steps, self.job, beam.pvalue.AsList(packed.buckets), beam.pvalue.AsList(packed.tails),
+            ).with_outputs("stats", main="tasks")
         )
+        return plan.tasks | "SpreadSteps" >> beam.Reshuffle(), plan.stats
 
 
 def write_one_step(task, job: Job) -> dict:
@@ -524,7 +535,7 @@ class WriteManifest(beam.PTransform):
             pbegin
             | "Once" >> beam.Create([None])
             | "WriteRejectsReportManifest" >> beam.FlatMap(
-                write_outputs, self.job, beam.pvalue.AsSingleton(self.stats),
+                write_outputs, self.job, beam.pvalue.AsSingleton(self.stats, default_value={}),
                 beam.pvalue.AsList(self.infos), beam.pvalue.AsList(self.rejects))
         )
 
@@ -541,9 +552,9 @@ class Prepare(beam.PTransform):
         read = pbegin | "ReadDocuments" >> ReadDocuments(self.units, job.cfg.workers)
         tok = read.docs | "TokenizeDocs" >> TokenizeDocs(job)
         spills = tok.tokens | "SpillBuckets" >> beam.ParDo(SpillFn(job))
-        row_files, pack_stats = spills | "PackRows" >> PackRows(job)
-        tasks = row_files | "AssignSteps" >> AssignSteps(job)
+        packed = spills | "PackRows" >> PackRows(job)
+        tasks, plan_stats = pbegin | "AssignSteps" >> AssignSteps(job, packed)
         infos = tasks | "WriteStepShards" >> WriteStepShards(job)
-        stats = ((read.stats, tok.stats, pack_stats) | "AllStats" >> beam.Flatten()
-                 | "SumStats" >> beam.CombineGlobally(SumDicts()))
+        stats = ((read.stats, tok.stats, packed.stats, plan_stats) | "AllStats" >> beam.Flatten()
+                 | "SumStats" >> beam.CombineGlobally(SumDicts()).without_defaults())
         return pbegin | "WriteManifest" >> WriteManifest(job, stats, infos, read.rejects)

@@ -159,3 +159,14 @@ def test_a_corpus_with_nothing_usable_gives_an_empty_but_complete_output(tmp_pat
     report = check_round_trip(out, parse(*argv))
     assert report["documents"] == {"read": 2, "kept": 0, "dropped": 2,
                                    "dropped_by_reason": {"empty": 1, "missing_field": 1}}
+
+
+def test_an_input_without_a_single_record_gives_an_empty_but_complete_output(tmp_path):
+    # No document, no reject: nothing at all reaches the job's statistics.
+    (tmp_path / "a.jsonl").write_bytes(b"")
+    out = str(tmp_path / "out")
+    argv = ["--input", str(tmp_path / "a.jsonl"), "--output", out, "--seq-len", "16", "--rows-per-step", "2"]
+    assert prepare(*argv) == 0
+    assert read_manifest(out).num_steps == 0 and verify(out) == []
+    report = check_round_trip(out, parse(*argv))
+    assert report["documents"] == {"read": 0, "kept": 0, "dropped": 0, "dropped_by_reason": {}}
