@@ -5,9 +5,10 @@
 For each multiple k the corpus is copied k times into a temporary folder (distinct file names, so
 distinct documents) and one job.toml reads every format with a text template per source. Then:
 
-- timing (first multiple only), --repeats times: the limit, then the job right after it, so that
-  a machine whose speed drifts (a shared VM) moves both alike; the ratio is the median of the
-  per-repeat ratios (job tokens/s over the limit measured just before it).
+- timing (first multiple only): the limit and the job alternate, limit first and last (L J L J L
+  for --repeats 2). Each job's ratio is its tokens/s over the mean of the limits measured just
+  before and just after it, so that a machine whose speed drifts (a shared VM: the same pass
+  varied by 10-20% within minutes) moves both alike; the ratio reported is the median of them.
   - limit: the same texts (read by the job's own readers, outside the timing) through the same
     tokenizer in one process with 2 rayon threads, batches of 1024 documents: `encode_batch_fast`
     (the limit the ratio uses; and `encode_batch` in the first repeat).
@@ -192,13 +193,13 @@ def main(argv=None) -> int:
             out = os.path.join(d, "out")
             if k == multiples[0] and not args.skip_limit:
                 texts = dump_texts(job)
-                runs, lim = [], []
-                for rep in range(args.repeats):  # limit and job back to back: drift hits both alike
-                    fns = ("encode_batch_fast", "encode_batch") if rep == 0 else ("encode_batch_fast",)
-                    lim.append(measure_limit(texts, args.threads, fns))
+                runs = []
+                lim = [measure_limit(texts, args.threads, ("encode_batch_fast", "encode_batch"))]
+                for _ in range(args.repeats):  # L J L J L: each job between two limits
                     runs.append(run_prepare(job, out, args.workers, sample_memory=False))
-                    runs[-1]["ratio_to_limit"] = (runs[-1]["tokens_per_s"]
-                                                  / lim[-1]["encode_batch_fast"]["tokens_per_s"])
+                    lim.append(measure_limit(texts, args.threads, ("encode_batch_fast",)))
+                    around = [x["encode_batch_fast"]["tokens_per_s"] for x in lim[-2:]]
+                    runs[-1]["ratio_to_limit"] = runs[-1]["tokens_per_s"] / statistics.mean(around)
                 results["limit"] = {
                     fn: {"multiple": k, "tokens": lim[0][fn]["tokens"],
                          "tokens_per_s": statistics.median(x[fn]["tokens_per_s"] for x in lim if fn in x),
@@ -214,9 +215,9 @@ def main(argv=None) -> int:
         lim, t = results["limit"], results["timing"]
         print(f"raw limit, {args.threads} threads, x{t['multiple']} corpus ({lim['encode_batch_fast']['tokens'] / 1e6:.1f}M "
               f"tokens): encode_batch_fast {lim['encode_batch_fast']['tokens_per_s'] / 1e6:.3f}M tok/s "
-              f"({lim['encode_batch_fast']['cpu_s']:.1f} CPU s), encode_batch "
-              f"{lim['encode_batch']['tokens_per_s'] / 1e6:.3f}M tok/s")
-        print(f"prepare x{t['multiple']}, medians of {args.repeats} (each right after its limit): wall "
+              f"({lim['encode_batch_fast']['cpu_s']:.1f} CPU s; medians of {args.repeats + 1} passes), "
+              f"encode_batch {lim['encode_batch']['tokens_per_s'] / 1e6:.3f}M tok/s (first pass)")
+        print(f"prepare x{t['multiple']}, medians of {args.repeats} (each between two limit passes): wall "
               f"{t['wall_s']:.1f} s, {t['cpu_s']:.1f} CPU s, {t['tokens_per_s'] / 1e6:.3f}M tok/s, ratio to the "
               f"limit {t['ratio_to_limit']:.2f} (per run: {', '.join(f'{x:.2f}' for x in t['ratios'])})")
     print("peak memory, one more run per corpus size with the sampler on:")

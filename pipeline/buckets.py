@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from shards import RowBlock, fs
+from shards.format import arrow_array, numpy_view
 
 from .packing import Doc, Row
 
@@ -43,11 +44,11 @@ def write_spill(path: str, keys: list[int], docs: list[Doc]) -> None:
     lens = np.fromiter((len(d.tokens) for d in docs), np.int64, len(docs))
     offsets = np.concatenate([[0], np.cumsum(lens)])
     values = np.concatenate([d.tokens for d in docs]).astype(np.uint32, copy=False) if docs else np.zeros(0, np.uint32)
-    table = pa.table([
-        pa.array(np.array(keys, np.uint64)),
-        pa.array(np.fromiter((d.doc_id for d in docs), np.uint64, len(docs))),
-        pa.array(np.fromiter((d.source for d in docs), np.uint16, len(docs))),
-        pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values)),
+    table = pa.Table.from_arrays([
+        arrow_array(np.array(keys, np.uint64)),
+        arrow_array(np.fromiter((d.doc_id for d in docs), np.uint64, len(docs))),
+        arrow_array(np.fromiter((d.source for d in docs), np.uint16, len(docs))),
+        pa.LargeListArray.from_arrays(arrow_array(offsets), arrow_array(values)),
     ], schema=SPILL_SCHEMA)
     with fs.atomic_output(path) as sink, pa.ipc.new_file(sink, SPILL_SCHEMA) as w:
         w.write_table(table)
@@ -82,14 +83,14 @@ def read_bucket(paths: list[str], dtype) -> BucketDocs:
         table = _open_spill(p)
         for batch in table.to_batches():
             col = batch.column(3)
-            offsets = col.offsets.to_numpy()
-            keys.append(batch.column(0).to_numpy())
-            ids.append(batch.column(1).to_numpy())
-            srcs.append(batch.column(2).to_numpy())
+            offsets = numpy_view(col.offsets)
+            keys.append(numpy_view(batch.column(0)))
+            ids.append(numpy_view(batch.column(1)))
+            srcs.append(numpy_view(batch.column(2)))
             lens.append(np.diff(offsets))
             starts.append(offsets[:-1])
             files.append(np.full(len(offsets) - 1, len(values)))
-            values.append(col.values.to_numpy())
+            values.append(numpy_view(col.values))
     if not values:
         z = np.zeros(0, np.int64)
         return BucketDocs(z.astype(np.uint64), z.astype(np.uint64), z.astype(np.uint16), z, np.zeros(0, dtype))

@@ -9,8 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .config import JobConfig, SourceConfig, build, field_help, load_toml
-from .packing import Packing
+from .config import JobConfig, Packing, SourceConfig, build, field_help, load_toml
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,8 +72,14 @@ def config_from_args(args) -> JobConfig:
 
 
 def main(args) -> int:
+    cfg = config_from_args(args)
+    beam_args = list(getattr(args, "unknown", []) or [])
+    # The local workers' zygote (warm.py) starts before this process imports numpy, pyarrow and
+    # Beam (~1 s): it loads the tokenizer and Beam's worker on the other core meanwhile.
+    from .warm import Zygote
+
+    zygote = Zygote.for_job(cfg, beam_args)
     from .run import run
 
-    cfg = config_from_args(args)
-    run(cfg, list(getattr(args, "unknown", []) or []), quiet=args.quiet)
+    run(cfg, beam_args, quiet=args.quiet, zygote=zygote)
     return 0

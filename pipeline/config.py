@@ -35,9 +35,8 @@ from typing import Any
 
 from shards.errors import ConfigError
 from shards.fs import is_local
-from shards.tokenizer import DEFAULT_TOKENIZER
+from shards.tokenizer import DEFAULT_TOKENIZER, PRESETS
 
-from .packing import Packing
 
 FORMATS = ("jsonl", "parquet", "text", "hf")
 
@@ -92,6 +91,13 @@ def text_fields(text: str) -> tuple[str, ...]:
         raise ConfigError(f"text template {text!r} must name its fields, as in \"{{question}}\\n\\n{{answer}}\"")
     return tuple(names)
 
+
+
+class Packing(str, enum.Enum):
+    """How documents become rows (pipeline/packing.py)."""
+
+    CONCAT = "concat"
+    BESTFIT = "bestfit"
 
 @dataclass(frozen=True, kw_only=True)
 class JobConfig:
@@ -154,6 +160,13 @@ class JobConfig:
             raise ConfigError(f"compression {self.compression!r} is not 'none' or 'zstd'")
         if not 0 <= self.seed < 1 << 64:
             raise ConfigError(f"seed must be in [0, 2**64), got {self.seed}")
+
+    def special_tokens(self) -> list[str]:
+        """The token strings whose ids the job looks up (tokenize.tokenizer_info): the preset's
+        BOS and EOS, and --bos-token / --eos-token."""
+        preset = PRESETS.get(self.tokenizer)
+        out = [preset.bos, preset.eos] if preset else []
+        return [t for t in out + [self.bos_token, self.eos_token] if t]
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)

@@ -35,17 +35,11 @@ Both are deterministic: the same documents in the same order give the same rows.
 from __future__ import annotations
 
 import bisect
-import enum
 from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-
-class Packing(str, enum.Enum):
-    """How documents become rows."""
-
-    CONCAT = "concat"
-    BESTFIT = "bestfit"
+from .config import Packing  # the policies' names: a setting of the job
 
 
 class Doc(NamedTuple):

@@ -24,7 +24,7 @@ from shards.format import MANIFEST_NAME, REJECTS_DIR, REMAINDER_FILE, REPORT_NAM
 from . import buckets as bk
 from .config import JobConfig
 from .sources import discover
-from .tokenize import RAYON_THREADS, looked_up_tokens, tokenizer_info
+from .tokenize import RAYON_THREADS, tokenizer_info
 from .warm import Zygote
 from .worker import import_beam, quiet_logging
 
@@ -163,22 +163,20 @@ def summary(report: dict, out: str) -> str:
     return "\n".join(lines)
 
 
-def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = False) -> dict:
-    """Run the job to completion and return report.json's contents."""
+def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = False,
+        zygote: Zygote | None = None) -> dict:
+    """Run the job to completion and return report.json's contents. `zygote`: one the caller
+    started for this job (Zygote.for_job), closed here; without it, run() starts one."""
     started = time.time()
     beam_args = list(beam_args or [])
     # The local runner's workers warm up (Beam's worker, the tokenizer) while this process imports
     # Beam and plans the job; see warm.py. Other runners start their own workers.
-    zygote = Zygote.start(cfg.tokenizer, cfg.workers, looked_up_tokens(cfg)) if not _names_runner(beam_args) else None
+    zygote = zygote or Zygote.for_job(cfg, beam_args)
     try:
         return _run(cfg, beam_args, quiet, started, zygote)
     finally:
         if zygote:
             zygote.close()
-
-
-def _names_runner(beam_args: list[str]) -> bool:
-    return any(a == "--runner" or a.startswith("--runner=") for a in beam_args)
 
 
 def _run(cfg: JobConfig, beam_args: list[str], quiet: bool, started: float, zygote: Zygote | None) -> dict:

@@ -61,6 +61,14 @@ class Zygote:
         except OSError:
             return None
 
+    @classmethod
+    def for_job(cls, cfg, beam_args: list[str]) -> "Zygote | None":
+        """The zygote of a local run of `cfg` (pipeline.config.JobConfig); None for any other
+        runner, which starts its own workers."""
+        if any(a == "--runner" or a.startswith("--runner=") for a in beam_args):
+            return None
+        return cls.start(cfg.tokenizer, cfg.workers, cfg.special_tokens())
+
     def tokenizer_facts(self):
         """The TokenizerFacts the zygote found on loading the tokenizer, or None when it could not
         load it (the launcher then loads it itself, and reports why it fails)."""
@@ -234,13 +242,6 @@ def main(argv: list[str]) -> None:
 
     from . import transforms  # noqa: F401
 
-    # pyarrow imports pandas on its first conversion to or from numpy (~0.45 s, see import_beam
-    # for why Beam no longer did): every worker makes one when it writes its first spill file,
-    # at the end of its share. Made here, before the fork, the workers find pandas loaded.
-    import numpy as np
-    import pyarrow as pa
-
-    pa.array(np.zeros(1, np.uint8)).to_numpy()
     serve(socket.socket(fileno=fd), workers, run_harness)
     from steppack.cli import exit_now
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from . import fs
 from .errors import FormatError
-from .format import COMPRESSIONS, default_batch_rows, numpy_dtype, step_schema
+from .format import COMPRESSIONS, arrow_array, default_batch_rows, numpy_dtype, step_schema
 from .manifest import FileInfo
 from .rows import RowBlock
 
@@ -40,13 +40,13 @@ def check_rows(rows: RowBlock, seq_len: int, dtype: str) -> None:
 def to_table(rows: RowBlock, seq_len: int, dtype: str, step: int | None = None,
              batch_rows: int | None = None) -> pa.Table:
     schema = step_schema(seq_len, dtype, step, batch_rows)
-    offsets = pa.array(rows.piece_offsets.astype(np.int32), pa.int32())
-    tokens = pa.FixedSizeListArray.from_arrays(pa.array(rows.tokens.reshape(-1)), seq_len)
+    offsets = arrow_array(rows.piece_offsets.astype(np.int32))
+    tokens = pa.FixedSizeListArray.from_arrays(arrow_array(rows.tokens.reshape(-1)), seq_len)
     cols = [
         tokens,
-        pa.ListArray.from_arrays(offsets, pa.array(rows.doc_lens.astype(np.int32, copy=False))),
-        pa.ListArray.from_arrays(offsets, pa.array(rows.doc_ids.astype(np.uint64, copy=False))),
-        pa.ListArray.from_arrays(offsets, pa.array(rows.source.astype(np.uint16, copy=False))),
+        pa.ListArray.from_arrays(offsets, arrow_array(rows.doc_lens.astype(np.int32, copy=False))),
+        pa.ListArray.from_arrays(offsets, arrow_array(rows.doc_ids.astype(np.uint64, copy=False))),
+        pa.ListArray.from_arrays(offsets, arrow_array(rows.source.astype(np.uint16, copy=False))),
     ]
     return pa.Table.from_arrays(cols, schema=schema)
 

@@ -183,3 +183,24 @@ def test_read_batches_fill_across_units_and_keep_every_record_once(tmp_path):
     got = sorted((key, record, text) for b in batches for _, _, key, records in b for record, text in records)
     assert len(got) == len(set(got)) == BATCH_DOCS + 44 + 3 + 1
     assert [(r["reason"], r["record"]) for r in rejects] == [("bad_json", 1)]
+
+
+def test_spills_and_row_files_go_through_arrow_without_pandas(tmp_path):
+    # pyarrow's numpy conversions import pandas (~0.45 s) on first use; a worker never needs it.
+    code = (
+        "import sys, numpy as np\n"
+        "from pipeline import buckets as bk\n"
+        "from pipeline.packing import Doc\n"
+        "from shards import RowBlock, open_step, write_step\n"
+        "out = sys.argv[1]\n"
+        "docs = [Doc(np.arange(n, dtype=np.uint32) + 7, 100 + n, n % 3) for n in (5, 1, 9)]\n"
+        "bk.write_spill(out + '/s.arrow', [3, 1, 2], docs)\n"
+        "b = bk.read_bucket([out + '/s.arrow'], np.uint32)  # in key order: the 1, 9 and 5 tokens\n"
+        "rows = RowBlock(b.tokens[:8].reshape(2, 4), np.array([0, 1, 2]), np.array([4, 4], np.int32), b.doc_ids[:2], b.sources[:2])\n"
+        "write_step(out, 'x.arrow', rows, seq_len=4, dtype='uint32', step=None)\n"
+        "back = open_step(out + '/x.arrow').read()\n"
+        "print('pandas' in sys.modules, b.keys.tolist(), b.lens.tolist(), back.tokens.tolist(), back.doc_ids.tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True).stdout
+    assert out.split(" ", 1)[0] == "False"
+    assert out.split(" ", 1)[1].strip() == "[1, 2, 3] [1, 9, 5] [[7, 7, 8, 9], [10, 11, 12, 13]] [101, 109]"
