@@ -1,4 +1,6 @@
-"""Packing documents into rows of exactly `seq_len` tokens: a pure module (numpy only).
+"""Packing documents into rows of exactly `seq_len` tokens: a pure module (numpy only; the
+policies' names, `Packing`, live with the job's settings in config.py, which the command line
+imports without numpy).
 
 A document is its token ids (BOS/EOS already added), a 64-bit id and a source index. A packer
 takes documents one at a time (`add(doc) -> rows`) and returns the rows that became complete;
@@ -39,7 +41,7 @@ from typing import Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .config import Packing  # the policies' names: a setting of the job
+from .config import Packing
 
 
 class Doc(NamedTuple):
