@@ -92,12 +92,12 @@ def text_fields(text: str) -> tuple[str, ...]:
     return tuple(names)
 
 
-
 class Packing(str, enum.Enum):
     """How documents become rows (pipeline/packing.py)."""
 
     CONCAT = "concat"
     BESTFIT = "bestfit"
+
 
 @dataclass(frozen=True, kw_only=True)
 class JobConfig:
