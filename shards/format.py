@@ -97,7 +97,10 @@ def numpy_view(array: pa.Array) -> np.ndarray:
     if not pa.types.is_integer(array.type) or array.null_count:
         raise TypeError(f"numpy_view takes an integer array without nulls, got {array.type}")
     dtype = np.dtype(str(array.type))
-    return np.frombuffer(array.buffers()[1], dtype, count=len(array), offset=array.offset * dtype.itemsize)
+    data = array.buffers()[1]
+    if data is None:  # Arrow lets an empty array have no data buffer
+        return np.zeros(0, dtype)
+    return np.frombuffer(data, dtype, count=len(array), offset=array.offset * dtype.itemsize)
 
 
 def step_schema(seq_len: int, dtype: str, step: int | None = None, batch_rows: int | None = None) -> pa.Schema:

@@ -15,7 +15,7 @@ from shards import (
     rank_rows, read_manifest, step_file_name, step_schema, write_step,
 )
 from shards import ipc
-from shards.format import META_VERSION
+from shards.format import META_VERSION, arrow_array, numpy_view
 from tests.shardgen import make_output
 
 
@@ -232,3 +232,18 @@ def test_micro_batch_that_does_not_divide_names_all_three_numbers():
 def test_rank_outside_the_world_is_refused():
     with pytest.raises(ConfigError, match="outside world size"):
         rank_rows(8, 2, 2)
+
+
+def test_arrow_array_and_numpy_view_round_trip_without_copies():
+    for dtype in (np.uint16, np.uint32, np.uint64, np.int32, np.int64):
+        values = (np.arange(10) * 7).astype(dtype)
+        arr = arrow_array(values)
+        assert arr.type == pa.from_numpy_dtype(np.dtype(dtype)) and arr.to_pylist() == values.tolist()
+        assert np.shares_memory(numpy_view(arr), values)
+        assert numpy_view(arr.slice(3, 4)).tolist() == values[3:7].tolist()  # a slice's offset
+    assert numpy_view(pa.Array.from_buffers(pa.int64(), 0, [None, None])).tolist() == []  # no data buffer
+    assert numpy_view(arrow_array(np.zeros(0, np.uint32))).dtype == np.uint32
+    with pytest.raises(TypeError):
+        numpy_view(pa.array([1, None]))
+    with pytest.raises(TypeError):
+        arrow_array(np.zeros((2, 2), np.uint32))
