@@ -202,49 +202,64 @@ def _open(path: str):
 
 
 def _decompressed(raw, compression: str | None):
-    if compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
-    if compression == "zstd":
-        return _ZstdLines(raw)
+    if compression in ("gzip", "zstd"):
+        return _Decompressed(raw, compression)
     return raw
 
 
-class _ZstdLines:
-    """Lines of a zstd stream (several frames allowed); EOFError when the last frame is cut short.
+class _Decompressed:
+    """Lines (without their newline) of a gzip or zstd stream, several members/frames allowed;
+    EOFError when the last one is cut short.
 
-    zstandard's stream_reader ends silently on a truncated frame, which would lose records unseen.
+    zstandard's stream_reader ends silently on a truncated frame, which would lose records
+    unseen. Both codecs go through the same loop: 64 KiB of input at a time, decompressed and
+    split into lines in C (`gzip.GzipFile`'s line iterator took 1.2x the CPU on mathlib3's files).
+    A gzip member's CRC and length are checked by zlib (zlib.error on a mismatch, raised before
+    the piece's output: the lines of earlier pieces are kept); zero bytes after the last member
+    are padding, as `gzip` allows.
     """
 
-    def __init__(self, raw, chunk: int = 1 << 20):
-        self.raw, self.chunk = raw, chunk
+    def __init__(self, raw, compression: str, chunk: int = 1 << 16):
+        self.raw, self.compression, self.chunk = raw, compression, chunk
 
-    def _chunks(self) -> Iterator[bytes]:
+    def _decompressor(self):
+        if self.compression == "gzip":
+            return zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
         import zstandard
 
-        dobj = zstandard.ZstdDecompressor().decompressobj()
+        return zstandard.ZstdDecompressor().decompressobj()
+
+    def _chunks(self) -> Iterator[bytes]:
+        gz = self.compression == "gzip"
+        dobj = self._decompressor()
         started = False
         while True:
             data = self.raw.read(self.chunk)
             if not data:
                 break
             while data:
+                if not started and gz:
+                    data = data.lstrip(b"\0")
+                    if not data:
+                        break
                 started = True
                 out = dobj.decompress(data)
                 if out:
                     yield out
                 data = b""
                 if dobj.eof:
-                    data, dobj, started = dobj.unused_data, zstandard.ZstdDecompressor().decompressobj(), False
+                    data, dobj, started = dobj.unused_data, self._decompressor(), False
         if started and not dobj.eof:
-            raise EOFError("zstd frame ends before its end marker (truncated file)")
+            raise EOFError(f"{self.compression} stream ends before its end marker (truncated file)")
 
     def __iter__(self) -> Iterator[bytes]:
         rest = b""
         for out in self._chunks():
-            lines = (rest + out).split(b"\n")
+            lines = out.split(b"\n")
+            if rest:
+                lines[0] = rest + lines[0]
             rest = lines.pop()
-            for line in lines:
-                yield line + b"\n"
+            yield from lines
         if rest:
             yield rest
 

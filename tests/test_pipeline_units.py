@@ -185,6 +185,46 @@ def test_read_batches_fill_across_units_and_keep_every_record_once(tmp_path):
     assert [(r["reason"], r["record"]) for r in rejects] == [("bad_json", 1)]
 
 
+def test_compressed_jsonl_reads_every_member_and_frame_and_rejects_damage(tmp_path):
+    import gzip
+    import zlib
+
+    import zstandard
+
+    from pipeline.sources import discover, read_unit
+
+    import random
+
+    rnd = random.Random(0)
+    n = 20000  # ~1 MB of JSON, ~0.6 MB gzipped: several 64 KiB pieces of input
+    lines = [f'{{"text": "record {i} {rnd.getrandbits(128):032x}"}}' for i in range(n)]
+    blob = "\n".join(lines).encode()  # no newline after the last record
+    third = len(blob) // 3
+    cut = [blob[:third], blob[third:2 * third], blob[2 * third:]]  # members end mid-line
+    (tmp_path / "multi.jsonl.gz").write_bytes(b"".join(gzip.compress(c, mtime=0) for c in cut) + b"\0" * 8)
+    z = zstandard.ZstdCompressor()
+    (tmp_path / "multi.jsonl.zst").write_bytes(b"".join(z.compress(c) for c in cut))
+    whole = gzip.compress(blob, mtime=0)
+    bad_crc = whole[:-8] + bytes([whole[-8] ^ 1]) + whole[-7:]  # the trailer's CRC32, one bit off
+    (tmp_path / "crc.jsonl.gz").write_bytes(bad_crc)
+    cfg = build(None, str(tmp_path), {"input": [str(tmp_path / "*")], "output": str(tmp_path / "out")})
+    units, _ = discover(cfg)
+    got: dict[str, list] = {}
+    for u in units:
+        got.setdefault(u.key, []).extend(read_unit(u))
+    want = [(i, lines[i][10:-2]) for i in range(n)]
+    assert sorted(got["multi.jsonl.gz"]) == want
+    assert sorted(got["multi.jsonl.zst"]) == want
+    # zlib checks a member's CRC at its end: the records of the pieces before the last are kept,
+    # the rest of the file is one reject (as for a truncated file), never silently accepted.
+    rejects = [r for r in got["crc.jsonl.gz"] if hasattr(r, "reason")]
+    records = sorted(r for r in got["crc.jsonl.gz"] if not hasattr(r, "reason"))
+    assert 0 < len(records) < n and records == want[: len(records)]
+    assert [(r.reason, r.record) for r in rejects] == [("truncated", len(records))]
+    with pytest.raises(zlib.error):
+        zlib.decompress(bad_crc, wbits=31)  # the damage is real
+
+
 def test_spills_and_row_files_go_through_arrow_without_pandas(tmp_path):
     # pyarrow's numpy conversions import pandas (~0.45 s) on first use; a worker never needs it.
     code = (
