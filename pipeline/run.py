@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 import threading
 import time
@@ -42,22 +41,15 @@ def check_output(cfg: JobConfig) -> None:
         root = fs.local_path(out)
         if os.path.exists(root) and not os.path.isdir(root):
             raise ConfigError(f"--output {out} is a file, not a directory")
+    try:
         for name in (MANIFEST_NAME, REPORT_NAME):
-            p = os.path.join(root, name)
-            if os.path.exists(p):
-                os.unlink(p)  # the manifest first: a half-replaced output must not look complete
+            fs.remove(fs.join(out, name))  # the manifest first: a half-replaced output must not look complete
         for d in (STEPS_DIR, os.path.dirname(REMAINDER_FILE), REJECTS_DIR, bk.WORK_DIR):
-            shutil.rmtree(os.path.join(root, d), ignore_errors=True)
-        os.makedirs(root, exist_ok=True)
-    else:
-        from apache_beam.io.filesystems import FileSystems
-
-        for name in (MANIFEST_NAME, REPORT_NAME):
-            if fs.exists(fs.join(out, name)):
-                FileSystems.delete([fs.join(out, name)])
-        for d in (STEPS_DIR, os.path.dirname(REMAINDER_FILE), REJECTS_DIR, bk.WORK_DIR):
-            if FileSystems.exists(fs.join(out, d) + "/"):
-                FileSystems.delete([fs.join(out, d) + "/"])
+            fs.remove_tree(fs.join(out, d))
+        if fs.is_local(out):
+            os.makedirs(fs.local_path(out), exist_ok=True)
+    except OSError as exc:  # a missing bucket, no permission, a read-only disk
+        raise ConfigError(f"--output {out} cannot be prepared for writing: {exc}") from exc
 
 
 def pipeline_options(cfg: JobConfig, beam_args: list[str]):
@@ -188,6 +180,12 @@ def _run(cfg: JobConfig, beam_args: list[str], quiet: bool, started: float, zygo
     # The local job service logs every SDK worker's start-up chatter at WARNING; keep real errors.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     options, runner_name = pipeline_options(cfg, beam_args)
+    # Beam's filesystems take their settings (S3 credentials and endpoint, GCS project) from the
+    # pipeline options, which Pipeline() would set only after the inputs are listed below; without
+    # them its S3 filesystem cannot even be made.
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.set_options(options)
     # Checks that stop the job before any work: tokenizer, inputs, output.
     info = tokenizer_info(cfg, zygote.tokenizer_facts() if zygote else None)
     units, input_bytes = discover(cfg)

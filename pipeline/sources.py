@@ -104,9 +104,25 @@ def _glob_base(pattern: str) -> str:
     return posixpath.dirname(static)
 
 
+SCHEME_NEEDS = {"s3": ("boto3", "apache-beam[aws]"), "gs": ("google.cloud.storage", "apache-beam[gcp]")}
+"""What Beam's filesystem for a scheme needs installed, and the extra that installs it."""
+
+
+def _check_scheme(pattern: str) -> None:
+    scheme = pattern.split("://", 1)[0] if "://" in pattern else ""
+    if scheme in SCHEME_NEEDS:
+        module, extra = SCHEME_NEEDS[scheme]
+        try:
+            __import__(module)
+        except ImportError as exc:
+            raise InputError(f"input {pattern}: reading {scheme}:// needs {module.split('.')[0]}, which is not "
+                             f"installed ({exc}); pip install '{extra}'") from exc
+
+
 def _match(pattern: str) -> list[tuple[str, int]]:
     from apache_beam.io.filesystems import FileSystems
 
+    _check_scheme(pattern)
     try:
         result = FileSystems.match([pattern])[0]
     except Exception as exc:  # Beam raises BeamIOError for a glob that matches nothing or a bad scheme

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import uuid
 from collections import Counter
@@ -494,14 +493,7 @@ def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int) -> di
 
 
 def remove_work(out: str) -> None:
-    work = fs.join(out, bk.WORK_DIR)
-    if fs.is_local(out):
-        shutil.rmtree(fs.local_path(work), ignore_errors=True)
-    else:
-        from apache_beam.io.filesystems import FileSystems
-
-        if FileSystems.exists(work + "/"):
-            FileSystems.delete([work + "/"])
+    fs.remove_tree(fs.join(out, bk.WORK_DIR))
 
 
 def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import tempfile
 from contextlib import contextmanager
 from typing import Iterator
@@ -90,6 +91,34 @@ def list_dir(uri: str) -> list[str]:
     fs, path = filesystem(uri)
     infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return sorted(posixpath.basename(i.path) for i in infos)
+
+
+def remove(uri: str) -> None:
+    """Delete file `uri` if it exists."""
+    import pyarrow.fs as pafs
+
+    if is_local(uri):
+        if os.path.lexists(local_path(uri)):
+            os.unlink(local_path(uri))
+        return
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_file(path)
+
+
+def remove_tree(uri: str) -> None:
+    """Delete directory `uri` and everything under it, if it exists. On an object store a
+    directory is only a prefix shared by object names (no object of its own to test or delete),
+    so every object under the prefix is deleted."""
+    if is_local(uri):
+        shutil.rmtree(local_path(uri), ignore_errors=True)
+        return
+    fs, path = filesystem(uri)
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+    try:
+        fs.delete_dir(path)  # a directory marker, where the store has one
+    except (OSError, FileNotFoundError):
+        pass
 
 
 @contextmanager
