@@ -19,6 +19,7 @@ from shards import tokenizer as shtok
 from shards.errors import ConfigError
 
 from .config import JobConfig, Specials
+from .cores import PARALLELISM, CoreWatch
 
 
 def _token_id(tok, token: str, what: str, name: str) -> int:
@@ -102,12 +103,9 @@ def split_text(text: str, piece_chars: int) -> list[str]:
 
 
 RAYON_THREADS = "2"
-"""Tokenizer threads per worker process (RAYON_NUM_THREADS, unless set). The job runs one worker
-per core, and the runner deals each its share up front; with one thread, a worker that finished
-first left its core idle until the other was done (3% of the tokens apart on the bench corpus:
-~2 s). With two, the last worker's batches spread over both cores. Two processes of two threads
-on 2 cores did the same balanced work as two of one thread in the same time (11.6 vs 11.4 s,
-3 alternating rounds), so the idle end is won back at no cost."""
+"""The tokenizer's threads per worker process (RAYON_NUM_THREADS, unless set); both run only
+while a core is spare, else one (cores.py: one process per core, each with two threads busy,
+cost 6-19% more CPU than one thread each)."""
 
 _LOADED: dict[str, object] = {}
 """Tokenizers this process has loaded, by the sha256 of their JSON: what a zygote preloads."""
@@ -140,6 +138,8 @@ class DocTokenizer:
 
     def __init__(self, cfg: JobConfig, info: TokenizerInfo, json_text: str | None = None):
         os.environ.setdefault("RAYON_NUM_THREADS", RAYON_THREADS)
+        # Threads by spare cores, unless the user chose with TOKENIZERS_PARALLELISM.
+        self.cores = None if PARALLELISM in os.environ else CoreWatch()
         if json_text is not None:  # a path tokenizer shipped inside the job (see shipped_json)
             self.tok, got = _by_content(json_text.encode("utf-8"), "shipped with the job")
         else:
@@ -166,6 +166,8 @@ class DocTokenizer:
                 for p in split_text(t, limit):
                     pieces.append(p)
                     owner.append(i)
+        if self.cores:
+            self.cores.apply()
         encs = self.tok.encode_batch_fast(pieces, add_special_tokens=False)
         out = [array.array(self.typecode, self.head) for _ in texts]
         for i, e in zip(owner, encs):

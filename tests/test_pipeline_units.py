@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -244,3 +245,45 @@ def test_spills_and_row_files_go_through_arrow_without_pandas(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True).stdout
     assert out.split(" ", 1)[0] == "False"
     assert out.split(" ", 1)[1].strip() == "[1, 2, 3] [1, 9, 5] [[7, 7, 8, 9], [10, 11, 12, 13]] [101, 109]"
+
+
+def test_spare_cores_counts_what_other_processes_left():
+    from pipeline.cores import spare_cores
+
+    assert spare_cores(2, busy_s=2.0, own_s=1.0, wall_s=1.0) == 1.0  # the other worker is busy
+    assert spare_cores(2, busy_s=1.9, own_s=1.9, wall_s=1.0) == 2.0  # only this process ran
+    assert spare_cores(2, busy_s=1.0, own_s=1.2, wall_s=1.0) == 2.0  # tick rounding: never above the cores
+    assert spare_cores(16, busy_s=30.0, own_s=2.0, wall_s=2.0) == 2.0
+
+
+def test_core_watch_turns_the_second_thread_on_only_when_cores_are_spare(tmp_path, monkeypatch):
+    from pipeline.cores import PARALLELISM, CoreWatch
+
+    stat = tmp_path / "stat"
+
+    def machine(busy_ticks: int) -> None:  # /proc/stat's first line: user nice system idle iowait irq softirq steal
+        stat.write_text(f"cpu  {busy_ticks} 0 0 5000 0 0 0 7\ncpu0 1 2 3 4 5 6 7 8\n")
+
+    monkeypatch.delenv(PARALLELISM, raising=False)
+    machine(1000)
+    w = CoreWatch(period=0.0, threshold=0.5, stat_path=str(stat))
+    w.cores = 1
+    machine(1000 + 10**7)  # other processes kept every core busy meanwhile
+    w.apply()
+    assert os.environ[PARALLELISM] == "false"
+    machine(1000 + 10**7)  # then the machine went idle but for this process
+    w.apply()
+    assert os.environ[PARALLELISM] == "true"
+    w.period = 3600.0  # no new sample due: the last decision holds
+    machine(1000 + 2 * 10**7)
+    assert w.parallel() is True
+
+
+def test_core_watch_without_proc_stat_decides_nothing(tmp_path, monkeypatch):
+    from pipeline.cores import PARALLELISM, CoreWatch
+
+    monkeypatch.setenv(PARALLELISM, "unchanged")
+    w = CoreWatch(period=0.0, stat_path=str(tmp_path / "none"))
+    assert w.parallel() is None
+    w.apply()
+    assert os.environ[PARALLELISM] == "unchanged"
