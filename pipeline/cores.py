@@ -1,8 +1,8 @@
 """Spare cores: whether a worker's tokenizer should run its second thread now.
 
 A local job runs one worker process per core. Each tokenizing with two threads (four threads on
-two cores) cost 6-19% more CPU, and as much more time, than one thread each (x4 bench corpus, full
-jobs alternating: 47.5-54.3 s vs 50.7-66.4 s), the threads preempting each other mid-batch. But
+two cores, preempting each other mid-batch) took a median 9% longer and 12% more CPU than one
+thread each (x4 bench corpus, 7 pairs of full jobs alternating; docs/prepare.md, "Runners"). But
 with one thread, the worker left last leaves a core idle while it finishes (the shares differ by
 ~3%: 1-3 s). So a worker's tokenizer runs one thread while the other cores are busy and both of
 its threads when at least `threshold` cores are spare; the `tokenizers` library reads

@@ -105,7 +105,7 @@ def split_text(text: str, piece_chars: int) -> list[str]:
 RAYON_THREADS = "2"
 """The tokenizer's threads per worker process (RAYON_NUM_THREADS, unless set); both run only
 while a core is spare, else one (cores.py: one process per core, each with two threads busy,
-cost 6-19% more CPU than one thread each)."""
+took 9% longer than one thread each)."""
 
 _LOADED: dict[str, object] = {}
 """Tokenizers this process has loaded, by the sha256 of their JSON: what a zygote preloads."""
