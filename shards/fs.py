@@ -153,6 +153,7 @@ def _umask() -> int:
     return mask
 
 
-def write_bytes(uri: str, data: bytes) -> None:
+def write_bytes(uri: str, data) -> None:
+    """Write `data` (bytes or any buffer, e.g. a pyarrow Buffer) to `uri` atomically."""
     with atomic_output(uri) as f:
         f.write(data)

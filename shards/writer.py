@@ -51,7 +51,7 @@ def to_table(rows: RowBlock, seq_len: int, dtype: str, step: int | None = None,
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def encode_step(
+def encode_buffer(
     rows: RowBlock,
     *,
     seq_len: int,
@@ -59,8 +59,10 @@ def encode_step(
     step: int | None,
     compression: str | None = None,
     batch_rows: int | None = None,
-) -> bytes:
-    """The bytes of a step file (`step=None` for the remainder file)."""
+) -> pa.Buffer:
+    """The bytes of a step file (`step=None` for the remainder file), in the Arrow buffer they
+    were written to: `write_step` hashes and writes it without a copy to Python bytes (a bucket's
+    row file is tens of MB, and a worker holds its rows meanwhile)."""
     if compression not in COMPRESSIONS:
         raise FormatError(f"compression {compression!r} is not one of {COMPRESSIONS}")
     batch_rows = default_batch_rows(seq_len, dtype) if batch_rows is None else batch_rows
@@ -72,10 +74,15 @@ def encode_step(
     options = pa.ipc.IpcWriteOptions(compression=compression)
     with pa.ipc.new_file(sink, table.schema, options=options) as w:
         w.write_table(table, max_chunksize=batch_rows)
-    return sink.getvalue().to_pybytes()
+    return sink.getvalue()
 
 
-def file_info(rel: str, rows: RowBlock, data: bytes) -> FileInfo:
+def encode_step(rows: RowBlock, **kwargs) -> bytes:
+    """The bytes of a step file as Python bytes; kwargs as for `encode_buffer`."""
+    return encode_buffer(rows, **kwargs).to_pybytes()
+
+
+def file_info(rel: str, rows: RowBlock, data: bytes | pa.Buffer) -> FileInfo:
     used = int(rows.row_used().sum())
     return FileInfo(
         file=rel,
@@ -92,8 +99,8 @@ def file_info(rel: str, rows: RowBlock, data: bytes) -> FileInfo:
 def write_step(out: str, rel: str, rows: RowBlock, **kwargs) -> FileInfo:
     """Write rows to `out/rel` (atomically) and return what the manifest records of the file.
 
-    kwargs: seq_len, dtype, step, compression, batch_rows (see `encode_step`).
+    kwargs: seq_len, dtype, step, compression, batch_rows (see `encode_buffer`).
     """
-    data = encode_step(rows, **kwargs)
+    data = encode_buffer(rows, **kwargs)
     fs.write_bytes(fs.join(out, rel), data)
     return file_info(rel, rows, data)
