@@ -117,7 +117,7 @@ def remove_tree(uri: str) -> None:
     fs.delete_dir_contents(path, missing_dir_ok=True)
     try:
         fs.delete_dir(path)  # a directory marker, where the store has one
-    except (OSError, FileNotFoundError):
+    except OSError:
         pass
 
 
