@@ -29,7 +29,8 @@ def spare_cores(cores: int, busy_s: float, own_s: float, wall_s: float) -> float
 class CoreWatch:
     """`parallel()`: whether the tokenizer should use more than one thread now (None: no reading).
 
-    The first call only takes a sample and says False: one thread until the machine is seen idle.
+    Made with a first sample; until `period` has passed and a second one shows spare cores it
+    says False: one thread until the machine is seen idle.
     """
 
     def __init__(self, period: float = 0.5, threshold: float = 1.5, stat_path: str = "/proc/stat"):
