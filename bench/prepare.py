@@ -16,8 +16,11 @@ distinct documents) and one job.toml reads every format with a text template per
     from launch to exit (Beam start-up, worker processes, shuffle, packing and writing included).
   CPU s: the CPU time of every process of the job (all reaped down the tree, so it lands in this
   process's children times), and of the limit's pass: how much more work the job does.
-- memory, every multiple: one more run, with the summed PSS of the job's process tree sampled
-  every 250 ms (see tree_pss). Sampling costs the job CPU, so these runs are not the timed ones.
+- memory, every multiple: --memory-repeats more runs (median and each run printed), with the
+  summed PSS of the job's process tree sampled every 250 ms (see tree_pss). Sampling costs the
+  job CPU, so these runs are not the timed ones. A single peak moves by tens of MiB from run to
+  run (it depends on whether both workers peak at once), hence the repeats; the last line is
+  the ratio of the largest multiple's median peak to the smallest's.
 
 Prints the figures and, with --json, the JSON.
 """
@@ -177,6 +180,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="tokenizer threads of the raw limit")
     ap.add_argument("--repeats", type=int, default=1, help="runs per figure; the median is reported")
+    ap.add_argument("--memory-repeats", type=int, default=1, help="memory runs per multiple; the median is reported")
     ap.add_argument("--skip-limit", action="store_true", help="only the prepare runs (peak memory checks)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
@@ -208,7 +212,10 @@ def main(argv=None) -> int:
                 results["timing"] = {key: statistics.median(r[key] for r in runs)
                                      for key in runs[0] if key != "peak_pss_mib"}
                 results["timing"].update(multiple=k, ratios=[round(r["ratio_to_limit"], 3) for r in runs])
-            results["runs"][k] = run_prepare(job, out, args.workers, sample_memory=True)
+            mem = [run_prepare(job, out, args.workers, sample_memory=True) for _ in range(args.memory_repeats)]
+            results["runs"][k] = {"tokens": mem[0]["tokens"], "wall_s": statistics.median(r["wall_s"] for r in mem),
+                                  "peak_pss_mib": statistics.median(r["peak_pss_mib"] for r in mem),
+                                  "peaks": [round(r["peak_pss_mib"]) for r in mem]}
             shutil.rmtree(d)
     print(f"machine: {results['machine']}; prepare --workers {args.workers}")
     if "limit" in results:
@@ -220,10 +227,14 @@ def main(argv=None) -> int:
         print(f"prepare x{t['multiple']}, medians of {args.repeats} (each between two limit passes): wall "
               f"{t['wall_s']:.1f} s, {t['cpu_s']:.1f} CPU s, {t['tokens_per_s'] / 1e6:.3f}M tok/s, ratio to the "
               f"limit {t['ratio_to_limit']:.2f} (per run: {', '.join(f'{x:.2f}' for x in t['ratios'])})")
-    print("peak memory, one more run per corpus size with the sampler on:")
-    print(f"{'corpus':>7} {'tokens':>12} {'wall s':>8} {'peak PSS MiB':>13}")
+    print(f"peak memory, {args.memory_repeats} more run(s) per corpus size with the sampler on (medians):")
+    print(f"{'corpus':>7} {'tokens':>12} {'wall s':>8} {'peak PSS MiB':>13}  per run")
     for k, r in results["runs"].items():
-        print(f"{'x' + str(k):>7} {r['tokens']:>12,.0f} {r['wall_s']:>8.1f} {r['peak_pss_mib']:>13.0f}")
+        print(f"{'x' + str(k):>7} {r['tokens']:>12,.0f} {r['wall_s']:>8.1f} {r['peak_pss_mib']:>13.0f}  "
+              f"{', '.join(map(str, r['peaks']))}")
+    if len(multiples) > 1:
+        lo, hi = results["runs"][multiples[0]], results["runs"][multiples[-1]]
+        print(f"peak x{multiples[-1]} / x{multiples[0]}: {hi['peak_pss_mib'] / lo['peak_pss_mib']:.2f}")
     if args.json:
         print(json.dumps(results, indent=1))
     return 0

@@ -225,6 +225,9 @@ def main(argv: list[str]) -> None:
     tokenizer, workers, lookups, fd = argv[1], int(argv[2]), json.loads(argv[3]), int(argv[4])
     import logging
 
+    from . import alloc
+
+    alloc.lean()  # before the tokenizer and pyarrow allocate: the forked workers inherit it
     from .worker import import_beam, quiet_logging, run_harness
 
     quiet_logging(logging.ERROR)  # as a cold worker logs

@@ -106,8 +106,10 @@ def run_harness() -> None:
 def main() -> None:
     from steppack.cli import exit_now
 
+    from . import alloc
     from .warm import ENV, hand_off
 
+    alloc.lean()  # first: a zygote's child takes this process's environment
     if os.environ.get(ENV):  # a local job's pre-started worker (warm.py) runs it, if still there
         code = hand_off(os.environ[ENV])
         if code is not None:

@@ -1,8 +1,9 @@
 """Writing one step file: a `RowBlock` becomes an Arrow IPC file, checked against the format.
 
 The bytes depend only on the rows, seq_len, dtype, step and compression, so a retried write
-produces an identical file. The file is assembled in memory (16 MiB for 1024 x 4096 uint32),
-hashed, then written atomically.
+produces an identical file. `write_step` streams the file to its destination (atomically),
+hashing it on the way: the rows are never held twice (a bucket's row file in the prepare job is
+tens of MB). `encode_step` gives the same bytes in memory.
 """
 
 from __future__ import annotations
@@ -51,38 +52,38 @@ def to_table(rows: RowBlock, seq_len: int, dtype: str, step: int | None = None,
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-def encode_buffer(
-    rows: RowBlock,
-    *,
-    seq_len: int,
-    dtype: str,
-    step: int | None,
-    compression: str | None = None,
-    batch_rows: int | None = None,
-) -> pa.Buffer:
-    """The bytes of a step file (`step=None` for the remainder file), in the Arrow buffer they
-    were written to: `write_step` hashes and writes it without a copy to Python bytes (a bucket's
-    row file is tens of MB, and a worker holds its rows meanwhile)."""
-    if compression not in COMPRESSIONS:
-        raise FormatError(f"compression {compression!r} is not one of {COMPRESSIONS}")
-    batch_rows = default_batch_rows(seq_len, dtype) if batch_rows is None else batch_rows
-    if batch_rows <= 0:
-        raise FormatError(f"batch_rows must be >= 1, got {batch_rows}")
-    check_rows(rows, seq_len, dtype)
-    table = to_table(rows, seq_len, dtype, step, batch_rows)
-    sink = pa.BufferOutputStream()
-    options = pa.ipc.IpcWriteOptions(compression=compression)
-    with pa.ipc.new_file(sink, table.schema, options=options) as w:
-        w.write_table(table, max_chunksize=batch_rows)
-    return sink.getvalue()
+class _Encoding:
+    """A checked step file to be written: its table, write options and batch size."""
+
+    def __init__(self, rows: RowBlock, *, seq_len: int, dtype: str, step: int | None,
+                 compression: str | None = None, batch_rows: int | None = None):
+        if compression not in COMPRESSIONS:
+            raise FormatError(f"compression {compression!r} is not one of {COMPRESSIONS}")
+        self.batch_rows = default_batch_rows(seq_len, dtype) if batch_rows is None else batch_rows
+        if self.batch_rows <= 0:
+            raise FormatError(f"batch_rows must be >= 1, got {self.batch_rows}")
+        check_rows(rows, seq_len, dtype)
+        self.table = to_table(rows, seq_len, dtype, step, self.batch_rows)
+        self.options = pa.ipc.IpcWriteOptions(compression=compression)
+
+    def write(self, sink) -> None:
+        with pa.ipc.new_file(sink, self.table.schema, options=self.options) as w:
+            w.write_table(self.table, max_chunksize=self.batch_rows)
 
 
 def encode_step(rows: RowBlock, **kwargs) -> bytes:
-    """The bytes of a step file as Python bytes; kwargs as for `encode_buffer`."""
-    return encode_buffer(rows, **kwargs).to_pybytes()
+    """The bytes `write_step` writes, in memory. kwargs: seq_len, dtype, step (None for the
+    remainder file), compression, batch_rows."""
+    sink = pa.BufferOutputStream()
+    _Encoding(rows, **kwargs).write(sink)
+    return sink.getvalue().to_pybytes()
 
 
 def file_info(rel: str, rows: RowBlock, data: bytes | pa.Buffer) -> FileInfo:
+    return _info(rel, rows, len(data), hashlib.sha256(data))
+
+
+def _info(rel: str, rows: RowBlock, size: int, digest) -> FileInfo:
     used = int(rows.row_used().sum())
     return FileInfo(
         file=rel,
@@ -91,16 +92,37 @@ def file_info(rel: str, rows: RowBlock, data: bytes | pa.Buffer) -> FileInfo:
         padding=rows.num_rows * rows.seq_len - used,
         documents=int(len(np.unique(rows.doc_ids))),
         pieces=int(len(rows.doc_lens)),
-        bytes=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
+        bytes=size,
+        sha256=digest.hexdigest(),
     )
+
+
+class _Hashing:
+    """A write-only file object that hashes and counts what passes through to `sink`."""
+
+    def __init__(self, sink):
+        self.sink, self.digest, self.size, self.closed = sink, hashlib.sha256(), 0, False
+
+    def write(self, data) -> int:
+        self.digest.update(data)  # releases the GIL for large buffers
+        self.sink.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def write_step(out: str, rel: str, rows: RowBlock, **kwargs) -> FileInfo:
     """Write rows to `out/rel` (atomically) and return what the manifest records of the file.
 
-    kwargs: seq_len, dtype, step, compression, batch_rows (see `encode_buffer`).
+    kwargs as for `encode_step`.
     """
-    data = encode_buffer(rows, **kwargs)
-    fs.write_bytes(fs.join(out, rel), data)
-    return file_info(rel, rows, data)
+    encoding = _Encoding(rows, **kwargs)  # refused rows never open the destination
+    with fs.atomic_output(fs.join(out, rel)) as f:
+        sink = _Hashing(f)
+        encoding.write(pa.PythonFile(sink, mode="w"))
+    return _info(rel, rows, sink.size, sink.digest)

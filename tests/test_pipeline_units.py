@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -287,3 +288,25 @@ def test_core_watch_without_proc_stat_decides_nothing(tmp_path, monkeypatch):
     assert w.parallel() is None
     w.apply()
     assert os.environ[PARALLELISM] == "unchanged"
+
+
+LEAN = (
+    "import json, sys\n"
+    "from pipeline import alloc\n"
+    "done = alloc.lean()\n"
+    "import pyarrow as pa\n"
+    "print(json.dumps([done, pa.default_memory_pool().backend_name]))\n"
+)
+
+
+@pytest.mark.parametrize("preset", [None, "mimalloc"])
+def test_workers_use_allocators_that_give_memory_back_unless_the_user_chose(preset):
+    from pipeline import alloc
+
+    env = {k: v for k, v in os.environ.items() if k != alloc.ARROW_POOL and k not in alloc.MALLOC_ENV}
+    if preset:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = preset
+    out = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True, check=True, env=env).stdout
+    done, pool = json.loads(out)
+    assert pool == (preset or "system")
+    assert any(d.startswith("mallopt") for d in done) == sys.platform.startswith("linux")  # glibc

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -75,6 +76,11 @@ def test_write_then_read_gives_back_every_column(tmp_path_factory, block_seq_dty
     assert info.rows == block.num_rows
     assert info.tokens + info.padding == block.num_rows * seq_len
     assert info.pieces == len(block.doc_lens)
+    # Streamed to the file and hashed on the way: the bytes encode_step gives, and their hash.
+    data = open(os.path.join(out, info.file), "rb").read()
+    assert data == encode_step(block, seq_len=seq_len, dtype=dtype, step=3, compression=compression,
+                               batch_rows=batch_rows)
+    assert (info.bytes, info.sha256) == (len(data), hashlib.sha256(data).hexdigest())
 
 
 @settings(max_examples=30, deadline=None)
