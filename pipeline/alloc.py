@@ -6,7 +6,7 @@ up with the work it had done instead of staying at one bucket's worth:
 
 - pyarrow's default memory pool is mimalloc, which keeps freed pages for reuse. With the system
   pool (ARROW_DEFAULT_MEMORY_POOL=system) the job's peak on the bench corpus x16 fell from 959 to
-  775 MiB (single runs; x4: 743 -> 614).
+  775 MiB (single runs; x4: 735 -> 614).
 - glibc malloc raises its mmap threshold each time a large mmapped block is freed (up to 32 MiB),
   after which blocks of up to that size come from its heaps and stay there. With the threshold
   fixed (at 128 KiB), x16 fell again, to 677 MiB (x4: 588). At 1 MiB the fresh mappings (3x the
