@@ -1,6 +1,7 @@
 """End-to-end `steppack prepare` throughput against the raw tokenizer limit, and peak memory.
 
     python bench/prepare.py [--corpus ../shared/corpus] [--multiples 4,16] [--workers 2] [--repeats 1]
+                            [--side-by-side 0]
 
 For each multiple k the corpus is copied k times into a temporary folder (distinct file names, so
 distinct documents) and one job.toml reads every format with a text template per source. Then:
@@ -16,6 +17,10 @@ distinct documents) and one job.toml reads every format with a text template per
     from launch to exit (Beam start-up, worker processes, shuffle, packing and writing included).
   CPU s: the CPU time of every process of the job (all reaped down the tree, so it lands in this
   process's children times), and of the limit's pass: how much more work the job does.
+- side by side (--side-by-side N, first multiple): N more pairs of a job and a limit pass started
+  at the same moment, each measured by its own CPU time; the job's CPU over the limit's is steady
+  to ~1-2% where the timed ratios drift (see side_by_side): how much work the job does beyond
+  the tokenizer, the figure to judge a change to that work by.
 - memory, every multiple: --memory-repeats more runs (median and each run printed), with the
   summed PSS of the job's process tree sampled every 250 ms (see tree_pss). Sampling costs the
   job CPU, so these runs are not the timed ones. A single peak moves by tens of MiB from run to
@@ -146,6 +151,29 @@ print(json.dumps(out))
 """
 
 
+def side_by_side(job: str, out: str, texts: str, workers: int, threads: int) -> dict:
+    """A job and a limit pass started at the same moment, each measured by its own CPU time.
+
+    Whatever the machine's speed does meanwhile, it does to both, so the ratio of their CPU times
+    is steady to ~1-2% (two jobs started together agreed within 1%), where runs one after the
+    other drift by 10-25%: the figure to judge a change to the job's own work by. The job's CPU is
+    its whole process tree's (start-up, reading, Beam, tokenizing, packing, writing; os.wait4 on
+    it, its processes reaped down the tree); the limit's is its encode loop, over the same tokens.
+    Wall times mean nothing here: the two share the cores."""
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="true")
+    limit = subprocess.Popen([sys.executable, "-c", LIMIT_CODE, texts, "encode_batch_fast"], env=env, cwd=REPO,
+                             stdout=subprocess.PIPE, text=True)
+    cmd = [os.path.join(os.path.dirname(sys.executable), "steppack"), "prepare", "--config", job,
+           "--output", out, "--workers", str(workers), "--overwrite", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    _, status, usage = os.wait4(proc.pid, 0)
+    lim = json.loads(limit.communicate()[0].strip().splitlines()[-1])["encode_batch_fast"]
+    if os.waitstatus_to_exitcode(status) or limit.returncode:
+        raise SystemExit(f"side-by-side run failed: prepare {os.waitstatus_to_exitcode(status)}, limit {limit.returncode}")
+    job_cpu = usage.ru_utime + usage.ru_stime
+    return {"job_cpu_s": job_cpu, "limit_cpu_s": lim["cpu_s"], "cpu_ratio": job_cpu / lim["cpu_s"]}
+
+
 def dump_texts(job: str) -> str:
     """The job's texts, read by its own readers (outside any timing), as a JSON file next to job."""
     sys.path.insert(0, REPO)
@@ -179,9 +207,11 @@ def main(argv=None) -> int:
     ap.add_argument("--multiples", default="4,16", help="comma-separated corpus repetitions")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2, help="tokenizer threads of the raw limit")
-    ap.add_argument("--repeats", type=int, default=1, help="runs per figure; the median is reported")
-    ap.add_argument("--memory-repeats", type=int, default=1, help="memory runs per multiple; the median is reported")
+    ap.add_argument("--repeats", type=int, default=1, help="timed job runs, each between two limit passes (0: none); the median is reported")
+    ap.add_argument("--memory-repeats", type=int, default=1, help="memory runs per multiple (0: none); the median is reported")
     ap.add_argument("--skip-limit", action="store_true", help="only the prepare runs (peak memory checks)")
+    ap.add_argument("--side-by-side", type=int, default=0, metavar="N",
+                    help="N more pairs of a job and a limit pass started together: the job's CPU over the limit's")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if not os.path.isdir(args.corpus):
@@ -209,30 +239,45 @@ def main(argv=None) -> int:
                          "tokens_per_s": statistics.median(x[fn]["tokens_per_s"] for x in lim if fn in x),
                          "cpu_s": statistics.median(x[fn]["cpu_s"] for x in lim if fn in x)}
                     for fn in lim[0]}
-                results["timing"] = {key: statistics.median(r[key] for r in runs)
-                                     for key in runs[0] if key != "peak_pss_mib"}
-                results["timing"].update(multiple=k, ratios=[round(r["ratio_to_limit"], 3) for r in runs])
+                if runs:
+                    results["timing"] = {key: statistics.median(r[key] for r in runs)
+                                         for key in runs[0] if key != "peak_pss_mib"}
+                    results["timing"].update(multiple=k, ratios=[round(r["ratio_to_limit"], 3) for r in runs])
+                pairs = [side_by_side(job, out, texts, args.workers, args.threads) for _ in range(args.side_by_side)]
+                if pairs:
+                    results["side_by_side"] = {
+                        "multiple": k, "cpu_ratio": statistics.median(p["cpu_ratio"] for p in pairs),
+                        "pairs": [{key: round(v, 3) for key, v in p.items()} for p in pairs]}
             mem = [run_prepare(job, out, args.workers, sample_memory=True) for _ in range(args.memory_repeats)]
-            results["runs"][k] = {"tokens": mem[0]["tokens"], "wall_s": statistics.median(r["wall_s"] for r in mem),
-                                  "peak_pss_mib": statistics.median(r["peak_pss_mib"] for r in mem),
-                                  "peaks": [round(r["peak_pss_mib"]) for r in mem]}
+            if mem:
+                results["runs"][k] = {"tokens": mem[0]["tokens"], "wall_s": statistics.median(r["wall_s"] for r in mem),
+                                      "peak_pss_mib": statistics.median(r["peak_pss_mib"] for r in mem),
+                                      "peaks": [round(r["peak_pss_mib"]) for r in mem]}
             shutil.rmtree(d)
     print(f"machine: {results['machine']}; prepare --workers {args.workers}")
     if "limit" in results:
-        lim, t = results["limit"], results["timing"]
-        print(f"raw limit, {args.threads} threads, x{t['multiple']} corpus ({lim['encode_batch_fast']['tokens'] / 1e6:.1f}M "
+        lim = results["limit"]
+        print(f"raw limit, {args.threads} threads, x{lim['encode_batch_fast']['multiple']} corpus ({lim['encode_batch_fast']['tokens'] / 1e6:.1f}M "
               f"tokens): encode_batch_fast {lim['encode_batch_fast']['tokens_per_s'] / 1e6:.3f}M tok/s "
               f"({lim['encode_batch_fast']['cpu_s']:.1f} CPU s; medians of {args.repeats + 1} passes), "
               f"encode_batch {lim['encode_batch']['tokens_per_s'] / 1e6:.3f}M tok/s (first pass)")
+    if "timing" in results:
+        t = results["timing"]
         print(f"prepare x{t['multiple']}, medians of {args.repeats} (each between two limit passes): wall "
               f"{t['wall_s']:.1f} s, {t['cpu_s']:.1f} CPU s, {t['tokens_per_s'] / 1e6:.3f}M tok/s, ratio to the "
               f"limit {t['ratio_to_limit']:.2f} (per run: {', '.join(f'{x:.2f}' for x in t['ratios'])})")
-    print(f"peak memory, {args.memory_repeats} more run(s) per corpus size with the sampler on (medians):")
-    print(f"{'corpus':>7} {'tokens':>12} {'wall s':>8} {'peak PSS MiB':>13}  per run")
+    if "side_by_side" in results:
+        sbs = results["side_by_side"]
+        print(f"side by side, x{sbs['multiple']}, {len(sbs['pairs'])} pair(s) of a job and a limit pass started together: "
+              f"the job's CPU / the limit's {sbs['cpu_ratio']:.3f} (median; per pair: "
+              + ", ".join(f"{p['job_cpu_s']:.1f}/{p['limit_cpu_s']:.1f} s" for p in sbs["pairs"]) + ")")
+    if results["runs"]:
+        print(f"peak memory, {args.memory_repeats} more run(s) per corpus size with the sampler on (medians):")
+        print(f"{'corpus':>7} {'tokens':>12} {'wall s':>8} {'peak PSS MiB':>13}  per run")
     for k, r in results["runs"].items():
         print(f"{'x' + str(k):>7} {r['tokens']:>12,.0f} {r['wall_s']:>8.1f} {r['peak_pss_mib']:>13.0f}  "
               f"{', '.join(map(str, r['peaks']))}")
-    if len(multiples) > 1:
+    if len(results["runs"]) > 1:
         lo, hi = results["runs"][multiples[0]], results["runs"][multiples[-1]]
         print(f"peak x{multiples[-1]} / x{multiples[0]}: {hi['peak_pss_mib'] / lo['peak_pss_mib']:.2f}")
     if args.json:
