@@ -18,9 +18,9 @@ distinct documents) and one job.toml reads every format with a text template per
   CPU s: the CPU time of every process of the job (all reaped down the tree, so it lands in this
   process's children times), and of the limit's pass: how much more work the job does.
 - side by side (--side-by-side N, first multiple): N more pairs of a job and a limit pass started
-  at the same moment, each measured by its own CPU time; the job's CPU over the limit's is steady
-  to ~1-2% where the timed ratios drift (see side_by_side): how much work the job does beyond
-  the tokenizer, the figure to judge a change to that work by.
+  at the same moment, each measured by its own CPU time; the job's CPU over the limit's moves far
+  less than the timed ratios (see side_by_side): how much work the job does beyond the tokenizer,
+  the figure to judge a change to that work by.
 - memory, every multiple: --memory-repeats more runs (median and each run printed), with the
   summed PSS of the job's process tree sampled every 250 ms (see tree_pss). Sampling costs the
   job CPU, so these runs are not the timed ones. A single peak moves by tens of MiB from run to
@@ -98,13 +98,17 @@ def tree_pss(pid: int) -> int:
     return total
 
 
+def prepare_cmd(job: str, out: str, workers: int) -> list[str]:
+    return [os.path.join(os.path.dirname(sys.executable), "steppack"), "prepare", "--config", job,
+            "--output", out, "--workers", str(workers), "--overwrite", "--quiet"]
+
+
 def run_prepare(job: str, out: str, workers: int, sample_memory: bool) -> dict:
     """One `steppack prepare` run: wall and CPU seconds, tokens/s, and (sample_memory) peak PSS.
 
     Memory is sampled in runs of its own: reading smaps_rollup walks each process's page tables,
     ~30 ms of CPU per sample of a running job, which a timed run on 2 cores would pay for."""
-    cmd = [os.path.join(os.path.dirname(sys.executable), "steppack"), "prepare", "--config", job,
-           "--output", out, "--workers", str(workers), "--overwrite", "--quiet"]
+    cmd = prepare_cmd(job, out, workers)
     peak = [0]
     t0 = time.perf_counter()
     cpu0 = os.times()
@@ -155,21 +159,21 @@ def side_by_side(job: str, out: str, texts: str, workers: int, threads: int) -> 
     """A job and a limit pass started at the same moment, each measured by its own CPU time.
 
     Whatever the machine's speed does meanwhile, it does to both, so the ratio of their CPU times
-    is steady to ~1-2% (two jobs started together agreed within 1%), where runs one after the
-    other drift by 10-25%: the figure to judge a change to the job's own work by. The job's CPU is
+    moves far less than runs one after the other, which drift by 10-25% (three pairs: 1.15-1.20,
+    where one timed run's ratios spanned 0.73-0.91; two identical jobs started together agreed
+    within 1%): the figure to judge a change to the job's own work by. The job's CPU is
     its whole process tree's (start-up, reading, Beam, tokenizing, packing, writing; os.wait4 on
     it, its processes reaped down the tree); the limit's is its encode loop, over the same tokens.
     Wall times mean nothing here: the two share the cores."""
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads), TOKENIZERS_PARALLELISM="true")
     limit = subprocess.Popen([sys.executable, "-c", LIMIT_CODE, texts, "encode_batch_fast"], env=env, cwd=REPO,
                              stdout=subprocess.PIPE, text=True)
-    cmd = [os.path.join(os.path.dirname(sys.executable), "steppack"), "prepare", "--config", job,
-           "--output", out, "--workers", str(workers), "--overwrite", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=REPO)
+    proc = subprocess.Popen(prepare_cmd(job, out, workers), cwd=REPO)
     _, status, usage = os.wait4(proc.pid, 0)
-    lim = json.loads(limit.communicate()[0].strip().splitlines()[-1])["encode_batch_fast"]
+    printed = limit.communicate()[0]
     if os.waitstatus_to_exitcode(status) or limit.returncode:
         raise SystemExit(f"side-by-side run failed: prepare {os.waitstatus_to_exitcode(status)}, limit {limit.returncode}")
+    lim = json.loads(printed.strip().splitlines()[-1])["encode_batch_fast"]
     job_cpu = usage.ru_utime + usage.ru_stime
     return {"job_cpu_s": job_cpu, "limit_cpu_s": lim["cpu_s"], "cpu_ratio": job_cpu / lim["cpu_s"]}
 
