@@ -45,8 +45,10 @@ REJECTS_FILE = f"{REJECTS_DIR}/rejects.jsonl"
 # Records per tokenizer call: large enough that Beam's per-element cost vanishes (~10 us per
 # element against ~1 ms of tokenizing), small enough that a batch of long documents stays small:
 # the tokenizer's Encodings of a batch hold ~100 bytes per token until converted (a batch of 256
-# mathlib3 files, 3.6M characters, took a worker from ~175 to ~280 MiB with a 4 MiB cap).
-BATCH_DOCS = 256
+# mathlib3 files, 3.6M characters, took a worker from ~175 to ~280 MiB with a 4 MiB cap). And
+# smaller is cheaper: x4 bench jobs started in pairs took 3.2-3.6% less CPU with 64 than with 256
+# (3 of 3 pairs), 2-10% more with 1024; 16 against 64 was a wash (-2%, +7%, 0%).
+BATCH_DOCS = 64
 BATCH_CHARS = 1 << 20
 # Tokenized bytes a SpillBuckets bundle buffers before writing its spill files: small enough that
 # the writing happens while the other workers tokenize (at 64 MiB a worker's whole share of the
