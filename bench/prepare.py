@@ -218,6 +218,8 @@ def main(argv=None) -> int:
                     help="N more pairs of a job and a limit pass started together: the job's CPU over the limit's")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.skip_limit and args.side_by_side:
+        ap.error("--side-by-side compares the job with the limit: it cannot go with --skip-limit")
     if not os.path.isdir(args.corpus):
         print(f"no corpus at {args.corpus}", file=sys.stderr)
         return 2
