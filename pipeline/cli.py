@@ -77,7 +77,9 @@ def main(args) -> int:
     # The local workers' zygote (warm.py) starts before this process imports numpy, pyarrow and
     # Beam (~1 s): it loads the tokenizer and Beam's worker on the other core meanwhile.
     from .warm import Zygote
+    from .worker import quiet_grpc
 
+    quiet_grpc()  # before any process that loads gRPC starts, this one included
     zygote = Zygote.for_job(cfg, beam_args)
     from .run import run
 

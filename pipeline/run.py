@@ -25,7 +25,7 @@ from .config import JobConfig
 from .sources import discover
 from .tokenize import RAYON_THREADS, tokenizer_info
 from .warm import Zygote
-from .worker import import_beam, quiet_logging
+from .worker import import_beam, quiet_grpc, quiet_logging
 
 
 def check_output(cfg: JobConfig) -> None:
@@ -161,6 +161,7 @@ def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = Fal
     started for this job (Zygote.for_job), closed here; without it, run() starts one."""
     started = time.time()
     beam_args = list(beam_args or [])
+    quiet_grpc()  # before this process loads gRPC or starts a worker (pipeline.cli does it earlier)
     # The local runner's workers warm up (Beam's worker, the tokenizer) while this process imports
     # Beam and plans the job; see warm.py. Other runners start their own workers.
     zygote = zygote or Zygote.for_job(cfg, beam_args)

@@ -310,3 +310,68 @@ def test_workers_use_allocators_that_give_memory_back_unless_the_user_chose(pres
     done, pool = json.loads(out)
     assert pool == (preset or "system")
     assert any(d.startswith("mallopt") for d in done) == sys.platform.startswith("linux")  # glibc
+
+
+GOAWAY = r"""
+import sys, threading, time
+if "--quiet" in sys.argv:
+    from pipeline.worker import quiet_grpc
+    quiet_grpc()
+import grpc
+from concurrent import futures
+
+def echo(requests, context):
+    for r in requests:
+        yield r
+
+handler = grpc.method_handlers_generic_handler("t.T", {"S": grpc.stream_stream_rpc_method_handler(echo)})
+server = grpc.server(futures.ThreadPoolExecutor(2), handlers=[handler])
+port = server.add_insecure_port("127.0.0.1:0")
+server.start()
+channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+stop = threading.Event()
+
+def requests():
+    while not stop.is_set():
+        yield b"x"
+        time.sleep(0.01)
+
+replies = channel.stream_stream("/t.T/S")(requests())
+next(replies)  # a worker's stream is open
+server.stop(None)  # and the runner shuts its server down, as at the end of a local job
+time.sleep(0.3)
+try:
+    for _ in replies:
+        pass
+except grpc.RpcError:
+    pass
+stop.set()
+"""
+
+
+def test_workers_do_not_print_grpc_shutdown_chatter():
+    """The `Got goaway [2] ... Cancelling all calls` line a worker printed at the end of some jobs:
+    gRPC prints it as this script stands (whether the client sees the GOAWAY before the socket
+    closes is a race, hence up to 5 tries), and never once quiet_grpc() has run first."""
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+
+    def stderr(*flag):
+        return subprocess.run([sys.executable, "-c", GOAWAY, *flag], capture_output=True, text=True,
+                              env=env, timeout=60).stderr
+
+    # The line this guards against still happens without it.
+    assert any("Got goaway" in stderr() for _ in range(5))
+    for _ in range(3):
+        out = stderr("--quiet")
+        assert "Got goaway" not in out, out
+
+
+def test_quiet_grpc_keeps_a_users_own_verbosity(monkeypatch):
+    from pipeline.worker import quiet_grpc
+
+    monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
+    quiet_grpc()
+    assert os.environ["GRPC_VERBOSITY"] == "ERROR"
+    monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")
+    quiet_grpc()
+    assert os.environ["GRPC_VERBOSITY"] == "DEBUG"
