@@ -9,6 +9,7 @@ sees the whole document; byte-level BPE decodes the joined ids back to the exact
 from __future__ import annotations
 
 import array
+import concurrent.futures
 import hashlib
 import os
 
@@ -153,6 +154,11 @@ class DocTokenizer:
         self.head = [info.bos_id] if info.add_bos else []
         self.tail = [info.eos_id] if info.add_eos else []
         self.piece_chars = cfg.piece_chars
+        # The tokenizer's own thread: see encode.
+        self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steppack-tokenizer")
+
+    def close(self) -> None:
+        self.thread.shutdown(wait=False)
 
     def encode(self, texts: list[str]) -> list[np.ndarray]:
         """One array per text: head, the ids of its pieces in order, tail. Built in an
@@ -168,7 +174,14 @@ class DocTokenizer:
                     owner.append(i)
         if self.cores:
             self.cores.apply()
-        encs = self.tok.encode_batch_fast(pieces, add_special_tokens=False)
+        # On a thread of its own, not the caller's: glibc gives each thread its own malloc arena,
+        # and the tokenizer (a third of its time in malloc/free) then allocates in a heap that
+        # holds only its own short-lived blocks, not the texts, arrays and Beam objects the
+        # calling thread keeps alive between batches. x4 bench jobs in pairs took a median 2.5%
+        # less CPU (5 of 6 pairs); perf showed glibc's chunk unlinking and consolidation down from
+        # 7.1% to 4.8% of the job, as in the raw limit, whose rayon threads are not the caller
+        # either (docs/benchmarks.md). With two threads, rayon's run the work as before.
+        encs = self.thread.submit(self.tok.encode_batch_fast, pieces, add_special_tokens=False).result()
         out = [array.array(self.typecode, self.head) for _ in texts]
         for i, e in zip(owner, encs):
             out[i].extend(e.ids)

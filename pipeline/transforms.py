@@ -237,6 +237,10 @@ class TokenizeFn(beam.DoFn):
         self.last = 0.0
         self._progress(Counter())
 
+    def teardown(self):
+        if getattr(self, "tok", None):
+            self.tok.close()
+
 
 class TokenizeDocs(beam.PTransform):
     def __init__(self, job: Job):

@@ -375,3 +375,30 @@ def test_quiet_grpc_keeps_a_users_own_verbosity(monkeypatch):
     monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")
     quiet_grpc()
     assert os.environ["GRPC_VERBOSITY"] == "DEBUG"
+
+
+def test_the_tokenizer_runs_on_a_thread_of_its_own_and_gives_the_same_ids():
+    """DocTokenizer.encode calls the tokenizer on its own thread (its allocations then go to a
+    malloc arena of their own, see tokenize.py), with the same ids as a direct call, BOS/EOS added."""
+    import threading
+
+    from pipeline.tokenize import DocTokenizer, tokenizer_info
+
+    cfg = build(None, "/x", {"input": ["a.jsonl"], "output": "o"}, cwd="/cwd")
+    info = tokenizer_info(cfg)
+    doc = DocTokenizer(cfg, info)
+    seen = []
+    real = doc.tok
+
+    class Spy:
+        def encode_batch_fast(self, texts, add_special_tokens):
+            seen.append(threading.get_ident())
+            return real.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
+
+    doc.tok = Spy()
+    texts = ["Let $x^2 = 4$.", "Then x = 2 or x = -2.\n"]
+    got = doc.encode(texts)
+    doc.close()
+    assert seen and threading.get_ident() not in seen
+    direct = [e.ids for e in real.encode_batch_fast(texts, add_special_tokens=False)]
+    assert [a.tolist() for a in got] == [[info.bos_id] + ids + [info.eos_id] for ids in direct]
