@@ -180,7 +180,7 @@ class DocTokenizer:
         # calling thread keeps alive between batches. x4 bench jobs in pairs took a median 2.5%
         # less CPU (5 of 6 pairs); perf showed glibc's chunk unlinking and consolidation down from
         # 7.1% to 4.8% of the job, as in the raw limit, whose rayon threads are not the caller
-        # either (docs/benchmarks.md). With two threads, rayon's run the work as before.
+        # either (docs/benchmarks.md). With two threads, rayon's threads do the work and this one waits.
         encs = self.thread.submit(self.tok.encode_batch_fast, pieces, add_special_tokens=False).result()
         out = [array.array(self.typecode, self.head) for _ in texts]
         for i, e in zip(owner, encs):
