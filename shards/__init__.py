@@ -12,7 +12,7 @@ _HOME = {
     "SteppackError": "errors",
     "FORMAT_VERSION": "format", "MANIFEST_NAME": "format", "REMAINDER_FILE": "format",
     "dtype_for_vocab": "format", "step_file_name": "format", "step_schema": "format",
-    "FileInfo": "manifest", "Manifest": "manifest", "SourceInfo": "manifest", "TokenizerInfo": "manifest",
+    "FileInfo": "manifest", "Manifest": "manifest", "MixtureInfo": "manifest", "StageInfo": "manifest", "SourceInfo": "manifest", "TokenizerInfo": "manifest",
     "read_manifest": "manifest", "write_manifest": "manifest",
     "StepFile": "reader", "open_step": "reader", "RowBlock": "rows",
     "micro_batches": "slicing", "rank_micro_batches": "slicing", "rank_rows": "slicing",
@@ -32,7 +32,7 @@ def __getattr__(name: str):
 __all__ = [
     "ConfigError", "FormatError", "InputError", "InternalError", "SteppackError",
     "FORMAT_VERSION", "MANIFEST_NAME", "REMAINDER_FILE", "dtype_for_vocab", "step_file_name", "step_schema",
-    "FileInfo", "Manifest", "SourceInfo", "TokenizerInfo", "read_manifest", "write_manifest",
+    "FileInfo", "Manifest", "MixtureInfo", "StageInfo", "SourceInfo", "TokenizerInfo", "read_manifest", "write_manifest",
     "StepFile", "open_step", "RowBlock", "micro_batches", "rank_micro_batches", "rank_rows",
     "encode_step", "write_step",
 ]

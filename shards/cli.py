@@ -1,4 +1,11 @@
-"""`steppack shards ls|stats|show|verify`: look into a prepared output. Imports neither torch nor Beam."""
+"""`steppack shards ls|stats|show|verify`: look into a prepared output. Imports neither torch nor Beam.
+
+    ls       the manifest's steps, one line each (no step file opened)
+    stats    every step read once: totals, distributions, the length trend over the steps, a mixture's
+             targets against its rows (shards/stats.py)
+    show     --step S --row R: one row decoded to text; --step S alone: the step's composition (shards/show.py)
+    verify   every check of shards/verify.py, one line per problem, exit 1 if any
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ import argparse
 import json
 import sys
 
+from .errors import ConfigError
 from .manifest import read_manifest
 
 
@@ -20,17 +28,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("stats", help="Totals and distributions over every step.",
                        description="Read every step of OUT and print totals and distributions: tokens, documents, "
                                    "pieces per row, document-length percentiles, padding, documents cut across rows, "
-                                   "per-source token shares, token-id range against the vocabulary.")
+                                   "per-source token shares, token-id range against the vocabulary; the length trend "
+                                   "(each step's mean full length of the documents its pieces come from, first and last "
+                                   "10%% of the steps, correlation with the step index: near 0 means no length "
+                                   "curriculum); for a mixture, per source the target share of rows per stage against "
+                                   "the actual share, the largest deviation of one step and of a running total, and "
+                                   "the passes over its data.")
     _common(p)
     p.add_argument("--no-remainder", action="store_true", help="Leave the remainder rows (past the last full step) out.")
     p.set_defaults(_view=cmd_stats)
 
-    p = sub.add_parser("show", help="One row decoded back to text, document boundaries marked.",
-                       description="Decode row R of step S with the tokenizer named in the manifest; each document "
-                                   "piece is labelled with its source and document id.")
+    p = sub.add_parser("show", help="One row decoded back to text (--row), or what a step is made of.",
+                       description="With --row R: decode row R of step S with the tokenizer named in the manifest; "
+                                   "each document piece is labelled with its source and document id. Without --row: "
+                                   "step S's composition: rows, tokens, documents, pieces per source, and padding "
+                                   "(needs no tokenizer).")
     _common(p)
     p.add_argument("--step", type=int, required=True, help="Step index (0-based).")
-    p.add_argument("--row", type=int, default=0, help="Row inside the step (0-based; default 0).")
+    p.add_argument("--row", type=int, default=None,
+                   help="Row inside the step (0-based) to decode; without it, show the step's composition.")
     p.add_argument("--tokens", action="store_true", help="Print token ids instead of text (needs no tokenizer).")
     p.add_argument("--tokenizer", default=None,
                    help="Decode with this tokenizer.json (or preset) instead of the one the manifest names.")
@@ -39,7 +55,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("verify", help="Check the whole output; non-zero exit with one line per problem.",
                        description="Check OUT against its manifest and the format: files present and no extras, "
                                    "sizes and sha256 checksums, rows per step, seq_len, dtype, token ids below the "
-                                   "vocabulary, doc_lens that add up, the format version. Exit 1 if anything is wrong.")
+                                   "vocabulary, doc_lens that add up, the format version, no document id shared by two "
+                                   "documents; for a mixture, one source per row and every step's rows per source on "
+                                   "the stage's quota. Exit 1 if anything is wrong.")
     _common(p)
     p.add_argument("--world-size", type=int, default=None,
                    help="Also check that every step splits across this many ranks.")
@@ -102,6 +120,9 @@ def cmd_stats(args) -> int:
     print(f"  tokens         {s['tokens']:,} document tokens, {s['padding']:,} padding ({s['padding_pct']:.2f}%)")
     print(f"  documents      {s['documents']:,} in {s['pieces']:,} pieces; {s['documents_cut']:,} cut across rows "
           f"({s['cuts']:,} cuts)")
+    if m.mixture is not None and max(m.mixture.passes, default=0) > 1:
+        print("                 (sources repeated over several passes: a document's copies count as one "
+              "document, their pieces and tokens added up)")
     print(f"  pieces/row     mean {_f(ppr['mean'])}  p50 {ppr['p50']}  p90 {ppr['p90']}  max {ppr['p100']}")
     print(f"  doc tokens     mean {_f(d['mean'])}  min {d['p0']}  p10 {d['p10']}  p50 {d['p50']}  p90 {d['p90']}  "
           f"p99 {d['p99']}  max {d['p100']}")
@@ -109,7 +130,34 @@ def cmd_stats(args) -> int:
         f"{x['name']:<20} {x['tokens']:>12,} tokens  {100 * x['share']:6.2f}%" for x in s["sources"]))
     verdict = "all below the vocabulary" if ids["fits"] else "SOME NOT BELOW THE VOCABULARY"
     print(f"  token ids      {ids['min']}..{ids['max']} of vocabulary {ids['vocab_size']:,} ({verdict})")
+    t = s["length_trend"]
+    corr = "-" if t["correlation_with_step"] is None else f"{t['correlation_with_step']:+.2f}"
+    # Each document counted once per step it has a piece in: a long document spans more steps, so
+    # this runs above the 'doc tokens' mean.
+    print(f"  length trend   per-step mean length of the documents in the step: {_f(t['mean'])} (first 10% of "
+          f"steps {_f(t['first_10pct'])}, last 10% {_f(t['last_10pct'])}); correlation with the step index {corr}")
+    if s["mixture"] is not None:
+        print(_mixture_lines(s["mixture"]))
     return 0
+
+
+def _mixture_lines(mix: dict) -> str:
+    """Per source: target -> actual share of the steps' rows, per stage; the largest deviation of one
+    step's share and of a stage's running total; the passes over the source."""
+    spans = " | ".join(f"{st['first_step']}..{st['first_step'] + st['steps'] - 1}" for st in mix["stages"])
+    k = len(mix["stages"])
+    lines = [f"  mixture        {k} stage{'s' if k != 1 else ''} (steps {spans}); share of rows, target -> actual; "
+             "largest gap of one step and of a running total"]
+    for x in mix["sources"]:
+        shares = " | ".join(f"{100 * t:6.2f}% -> {_pct(a):>7}" for t, a in zip(x["target"], x["actual"]))
+        passes = "-" if x["passes"] is None else f"{x['passes']:.2f}"
+        lines.append(f"                 {x['name']:<20} {shares}   step ±{100 * x['max_step_deviation']:.2f}%, "
+                     f"total ±{x['max_prefix_deviation_rows']:.2f} rows, {passes} passes")
+    return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.2f}%"
 
 
 def _f(x) -> str:
@@ -117,9 +165,19 @@ def _f(x) -> str:
 
 
 def cmd_show(args) -> int:
-    from .show import decode_pieces, load_decoder, render, row_pieces
+    from .show import decode_pieces, load_decoder, render, render_composition, row_pieces, step_composition
 
     m = read_manifest(args.out)
+    if args.row is None:
+        if args.tokens or args.tokenizer:
+            raise ConfigError("--tokens and --tokenizer decode one row: add --row R (without --row, show prints "
+                              "the step's composition)")
+        view = step_composition(args.out, m, args.step)
+        if args.json:
+            _print_json(view)
+        else:
+            print(render_composition(view, args.out))
+        return 0
     view = row_pieces(args.out, m, args.step, args.row)
     if not args.tokens:
         decode_pieces(view, load_decoder(m, args.tokenizer))

@@ -59,6 +59,9 @@ class FileInfo:
     """Document pieces (a document cut across two rows is two pieces)."""
     bytes: int
     sha256: str
+    source_rows: list[int] | None = None
+    """Rows of each source (by manifest index) in this file; recorded when the output is a mixture
+    (every row then holds one source's tokens only)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +70,32 @@ class SourceInfo:
     documents: int
     """Documents of this source kept in the output (steps and remainder)."""
     tokens: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageInfo:
+    """One stage of a mixture: `steps` steps whose rows follow `weights`."""
+
+    steps: int
+    weights: list[float]
+    """Normalised share of each source's rows (by manifest index; 0 for a source left out)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MixtureInfo:
+    """How the steps were composed from the sources, when the job gave weights.
+
+    Step s of a stage takes q_i(s) rows of source i, with sum_i q_i(s) = rows_per_step and, at
+    every prefix of the stage's steps, |sum_{t<=s} q_i(t) - w_i * rows_per_step * (s + 1)| < 1."""
+
+    stages: list[StageInfo]
+    rows_per_pass: list[int]
+    """Full rows each source's data packs into: one pass over the source."""
+    passes: list[float]
+    """Rows each source gave to the steps / rows_per_pass (above 1: the source was repeated,
+    each further pass a fresh seeded shuffle of its rows)."""
+    remainder_rows: list[int]
+    """Rows of each source left over after the last step (in the remainder file)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,6 +115,8 @@ class Manifest:
     remainder: FileInfo | None = None
     config: dict = field(default_factory=dict)
     """The full job config as the prepare job resolved it."""
+    mixture: MixtureInfo | None = None
+    """Per-source quotas (jobs with weights); None: sources are shuffled together."""
 
     def __post_init__(self):
         check_dtype(self.dtype)
@@ -121,6 +152,10 @@ class Manifest:
             d["steps"] = [FileInfo(**s) for s in d["steps"]]
             if d.get("remainder") is not None:
                 d["remainder"] = FileInfo(**d["remainder"])
+            if d.get("mixture") is not None:
+                mix = dict(d["mixture"])
+                mix["stages"] = [StageInfo(**st) for st in mix["stages"]]
+                d["mixture"] = MixtureInfo(**mix)
             return cls(**d)
         except (KeyError, TypeError) as exc:
             raise FormatError(f"{where} is missing or has unexpected fields ({exc}); re-run prepare") from exc

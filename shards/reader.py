@@ -227,6 +227,11 @@ class StepFile:
         parts = [self._list(b, 1, lo, n, np.int32) for b, lo, n in self._pieces(rows)]
         return _join_lists(parts, np.int32)
 
+    def read_source(self, rows: range) -> np.ndarray:
+        """The `source` column of `rows` (uint16 per piece, parallel to read_doc_lens' doc_lens)."""
+        parts = [self._list(b, 3, lo, n, np.uint16) for b, lo, n in self._pieces(rows)]
+        return _join_lists(parts, np.uint16)[1]
+
     def read(self, rows: range | None = None) -> RowBlock:
         """All columns of `rows` as a RowBlock."""
         rows = range(self.num_rows) if rows is None else rows

@@ -1,8 +1,22 @@
 """Totals and distributions of an output, computed by reading every step file once.
 
 Document lengths are counted per document id across all of its pieces, so a document cut across
-two rows (or two steps) counts once, at its full length. Memory is 14 bytes per piece (a 4B-token
-output of ~2M documents needs ~30 MB).
+two rows (or two steps) counts once, at its full length.
+
+Length trend: for each step, the mean over its pieces of the full length of each piece's document
+(a piece of a 3,000-token document counts 3,000, however short the piece; a long document counts
+once per piece, so this runs well above the per-document mean), then the mean of that
+over the first and the last 10% of the steps and its Pearson correlation with the step index. A
+shuffle that worked gives a flat line (correlation near 0): packing made no length curriculum.
+
+Mixtures (`manifest.mixture`): per source, each stage's target share of rows (its weight) against
+the share the steps actually hold (a row belongs to the source of its first piece: in a mixture,
+of all its pieces), the largest deviation of a single step's share from the weight, the largest
+deviation in rows of a stage's running total from its target (the quota rule keeps it below 1),
+and the passes over the source's data the manifest records.
+
+Memory is 14 bytes per piece while reading, plus 16 per piece for a moment for the trend (a
+4B-token output of ~2M documents needs ~30-60 MB), and 8 bytes per step and source.
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ import numpy as np
 from . import fs
 from .manifest import Manifest
 from .reader import open_step
+from .verify import prefix_deviation
 
 PERCENTILES = (0, 10, 50, 90, 99, 100)
 
@@ -19,10 +34,15 @@ PERCENTILES = (0, 10, 50, 90, 99, 100)
 def compute(out: str, manifest: Manifest, *, include_remainder: bool = True) -> dict:
     files = list(manifest.steps) + ([manifest.remainder] if include_remainder and manifest.remainder else [])
     doc_ids, doc_lens, sources, pieces_per_row = [], [], [], []
+    n_src = len(manifest.sources)
+    rows_by_source = np.zeros((manifest.num_steps, n_src), np.int64)  # each step's rows per source (mixtures)
     tok_min, tok_max = None, None
-    for info in files:
+    for k, info in enumerate(files):
         with open_step(fs.join(out, info.file)) as f:
             rows = f.read()
+            if manifest.mixture is not None and k < manifest.num_steps:
+                firsts = rows.source[rows.piece_offsets[:-1][np.diff(rows.piece_offsets) > 0]]
+                rows_by_source[k] = np.bincount(firsts, minlength=n_src)[:n_src]
             doc_ids.append(rows.doc_ids.copy())
             doc_lens.append(rows.doc_lens.astype(np.int64))
             sources.append(rows.source.copy())
@@ -41,6 +61,9 @@ def compute(out: str, manifest: Manifest, *, include_remainder: bool = True) -> 
     ppr = np.concatenate(pieces_per_row) if pieces_per_row else np.zeros(0, np.int64)
     uniq, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
     per_doc = np.bincount(inverse, weights=lens, minlength=len(uniq)).astype(np.int64)
+    pieces_per_file = np.array([len(x) for x in doc_ids], np.int64)
+    trend = length_trend(per_doc, inverse, pieces_per_file[:manifest.num_steps])
+    del inverse
     rows_total = sum(i.rows for i in files)
     tokens = int(lens.sum())
     padding = rows_total * manifest.seq_len - tokens
@@ -67,6 +90,71 @@ def compute(out: str, manifest: Manifest, *, include_remainder: bool = True) -> 
         ],
         "token_ids": {"min": tok_min, "max": tok_max, "vocab_size": manifest.tokenizer.vocab_size,
                       "fits": tok_max is None or tok_max < manifest.tokenizer.vocab_size},
+        "length_trend": trend,
+        "mixture": None if manifest.mixture is None else mixture_stats(manifest, rows_by_source),
+    }
+
+
+def length_trend(doc_len: np.ndarray, piece_doc: np.ndarray, pieces_per_step: np.ndarray) -> dict:
+    """Per step, the mean full length of the documents it holds a piece of (each counted once per
+    step; the steps' pieces come first in `piece_doc`, each piece's index into `doc_len`), and
+    how that mean moves with the step index: a packing that orders rows by length shows here."""
+    n = len(pieces_per_step)
+    step_of = np.repeat(np.arange(n, dtype=np.int64), pieces_per_step)
+    pairs = np.unique(step_of * max(1, len(doc_len)) + piece_doc[:len(step_of)])
+    step, doc = np.divmod(pairs, max(1, len(doc_len)))
+    sums = np.bincount(step, weights=doc_len[doc], minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        means = sums / np.bincount(step, minlength=n)  # nan for a step without pieces
+    ok = np.isfinite(means)
+    k = max(1, n // 10)
+    x, y = np.arange(n)[ok], means[ok]
+    corr = None
+    if len(y) >= 2 and y.std() > 0:
+        corr = float(np.corrcoef(x, y)[0, 1])
+
+    def mean(v):
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if len(v) else None
+
+    return {
+        "mean": mean(means), "first_10pct": mean(means[:k]), "last_10pct": mean(means[-k:]) if n else None,
+        "steps_in_10pct": k if n else 0, "correlation_with_step": corr,
+        "per_step_mean": [None if not np.isfinite(v) else round(float(v), 2) for v in means],
+    }
+
+
+def mixture_stats(manifest: Manifest, q: np.ndarray) -> dict:
+    """Targets against the rows the steps hold, per stage and source; `q` is (steps, sources) rows."""
+    mix, n, R = manifest.mixture, len(manifest.sources), manifest.rows_per_step
+    stages, start = [], 0
+    step_dev, prefix_dev = np.zeros(n), np.zeros(n)
+    for st in mix.stages:
+        w = np.zeros(n)
+        w[:min(n, len(st.weights))] = st.weights[:n]
+        block = q[start:start + st.steps]
+        actual = [None] * n
+        if len(block):
+            actual = (block.sum(axis=0) / (R * len(block))).tolist()
+            step_dev = np.maximum(step_dev, np.abs(block / R - w).max(axis=0))
+            prefix_dev = np.maximum(prefix_dev, prefix_deviation(block, w, R)[0].max(axis=0))
+        stages.append({"first_step": start, "steps": st.steps, "target": w.tolist(), "actual": actual})
+        start += st.steps
+
+    def at(values, i):
+        return values[i] if i < len(values) else None
+
+    total = max(1, R * len(q))
+    return {
+        "stages": stages,
+        "sources": [
+            {"index": i, "name": s.name, "target": [st["target"][i] for st in stages],
+             "actual": [st["actual"][i] for st in stages], "actual_overall": float(q[:, i].sum()) / total,
+             "max_step_deviation": float(step_dev[i]), "max_prefix_deviation_rows": float(prefix_dev[i]),
+             "passes": at(mix.passes, i), "rows_per_pass": at(mix.rows_per_pass, i),
+             "remainder_rows": at(mix.remainder_rows, i)}
+            for i, s in enumerate(manifest.sources)
+        ],
     }
 
 

@@ -12,7 +12,7 @@ import pytest
 from shards import FileInfo, Manifest, RowBlock, SourceInfo, TokenizerInfo, step_file_name, write_manifest, write_step
 from shards import tokenizer as tk
 from steppack.cli import main
-from tests.shardgen import make_output
+from tests.shardgen import make_output, write_output
 
 DOCS = [
     ("gsm8k", "Natalia sold clips to 48 of her friends in April, and then she sold half as many in May."),
@@ -63,7 +63,7 @@ def test_show_decodes_a_row_back_to_the_exact_text_of_its_documents(real_out, ca
 
 
 def test_show_marks_each_piece_with_its_source_and_document(real_out, capsys):
-    assert main(["shards", "show", real_out, "--step", "0"]) == 0
+    assert main(["shards", "show", real_out, "--step", "0", "--row", "0"]) == 0
     text = capsys.readouterr().out
     assert text.count("──── piece ") == 3 and "source math · doc 00000000000003e9" in text
     assert DOCS[2][1] in text
@@ -77,7 +77,7 @@ def test_show_tokens_prints_ids_without_a_tokenizer(tmp_path, capsys):
 
 def test_show_without_the_tokenizer_says_what_to_do(tmp_path, capsys):
     make_output(str(tmp_path), num_steps=1, rows_per_step=2, seq_len=16)
-    assert main(["shards", "show", str(tmp_path), "--step", "0"]) == 2
+    assert main(["shards", "show", str(tmp_path), "--step", "0", "--row", "0"]) == 2
     assert "--tokens" in capsys.readouterr().err
 
 
@@ -137,3 +137,50 @@ def test_shards_views_import_neither_torch_nor_beam(tmp_path):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_stats_length_trend_counts_each_piece_at_its_documents_full_length(tmp_path, capsys):
+    # Steps of documents 2+2, 4+4, 8, and a 12-token document cut into step 3 and the remainder.
+    def row(*docs):
+        tokens = [t for d, n in docs for t in [d] * n]
+        return tokens + [0] * (8 - len(tokens)), [n for _, n in docs], [d for d, _ in docs], [0] * len(docs)
+
+    out = str(tmp_path / "trend")
+    write_output(out, [[row((1, 2), (2, 2))], [row((3, 4), (4, 4))], [row((5, 8))], [row((6, 8))]], seq_len=8,
+                 remainder=[row((6, 4))])
+    t = run_json(capsys, "shards", "stats", out)["length_trend"]
+    assert t["per_step_mean"] == [2, 4, 8, 12] and t["mean"] == 6.5
+    assert t["first_10pct"] == 2 and t["last_10pct"] == 12 and t["steps_in_10pct"] == 1
+    assert t["correlation_with_step"] == pytest.approx(np.corrcoef([0, 1, 2, 3], [2, 4, 8, 12])[0, 1])
+    assert main(["shards", "stats", out]) == 0
+    assert ("length trend   per-step mean length of the documents in the step: 6.5 (first 10% of steps 2.0, "
+            "last 10% 12.0); correlation with the step index +0.99") in capsys.readouterr().out
+
+
+def test_stats_of_a_plain_output_has_a_trend_and_no_mixture(tmp_path, capsys):
+    make_output(str(tmp_path), num_steps=20, rows_per_step=4, seq_len=16)
+    s = run_json(capsys, "shards", "stats", str(tmp_path))
+    assert s["mixture"] is None and len(s["length_trend"]["per_step_mean"]) == 20
+    assert s["length_trend"]["steps_in_10pct"] == 2 and -1 <= s["length_trend"]["correlation_with_step"] <= 1
+
+
+def test_show_step_without_a_row_gives_the_steps_composition(tmp_path, capsys):
+    m = make_output(str(tmp_path), num_steps=2, rows_per_step=4, seq_len=16, n_sources=2)
+    view = run_json(capsys, "shards", "show", str(tmp_path), "--step", "1")
+    info = m.steps[1]
+    assert (view["rows"], view["tokens"], view["padding"]) == (4, info.tokens, info.padding)
+    assert (view["documents"], view["pieces"]) == (info.documents, info.pieces)
+    assert sum(x["tokens"] for x in view["sources"]) == info.tokens
+    assert sum(x["pieces"] for x in view["sources"]) == info.pieces
+    assert all(0 <= x["rows"] <= 4 for x in view["sources"]) and sum(x["rows"] for x in view["sources"]) >= 4
+    assert view["mixture_stage"] is None and all(x["weight"] is None for x in view["sources"])
+    assert main(["shards", "show", str(tmp_path), "--step", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"step 1 of {tmp_path} (steps/step-00000001.arrow): 4 rows x 16 tokens")
+    assert "src0" in text and "src1" in text and "rows holding a piece of the source" in text
+
+
+def test_show_step_tokens_without_a_row_says_to_add_one(tmp_path, capsys):
+    make_output(str(tmp_path), num_steps=1, rows_per_step=2, seq_len=16)
+    assert main(["shards", "show", str(tmp_path), "--step", "0", "--tokens"]) == 2
+    assert "add --row R" in capsys.readouterr().err

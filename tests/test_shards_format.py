@@ -253,3 +253,13 @@ def test_arrow_array_and_numpy_view_round_trip_without_copies():
         numpy_view(pa.array([1, None]))
     with pytest.raises(TypeError):
         arrow_array(np.zeros((2, 2), np.uint32))
+
+
+@settings(max_examples=60, deadline=None)
+@given(row_blocks(), st.data())
+def test_take_gives_the_chosen_rows_in_the_chosen_order(block_seq_dtype, data):
+    block = block_seq_dtype[0]
+    n = block.num_rows
+    picks = data.draw(st.lists(st.integers(0, max(0, n - 1)), max_size=12)) if n else []
+    expected = RowBlock.concat([_slice(block, i, i + 1) for i in picks]) if picks else _slice(block, 0, 0)
+    assert_blocks_equal(block.take(np.array(picks, np.int64)), expected)

@@ -14,7 +14,7 @@ from shards import RowBlock, read_manifest, step_file_name, write_manifest
 from shards.verify import verify
 from shards.writer import file_info, to_table
 from steppack.cli import main
-from tests.shardgen import make_output, random_rows
+from tests.shardgen import make_output, random_rows, write_output
 
 SEQ, ROWS = 32, 8
 
@@ -44,7 +44,8 @@ def replace_step(out: str, step: int, block: RowBlock, *, seq_len=SEQ, dtype="ui
 
 
 def good_block(n=ROWS, seq_len=SEQ, dtype="uint32", vocab=500):
-    rows, _ = random_rows(np.random.default_rng(1), n, seq_len, vocab, eos=vocab - 1)
+    """Rows of documents of their own (ids from 10**6: the fixture's documents keep theirs)."""
+    rows, _ = random_rows(np.random.default_rng(1), n, seq_len, vocab, eos=vocab - 1, first_doc=10**6)
     return RowBlock.from_rows(rows, seq_len, dtype)
 
 
@@ -165,3 +166,79 @@ def test_cli_exits_non_zero_with_one_line_per_problem(out, capsys):
     assert main(["shards", "verify", out]) == 1
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and step_file_name(0) in lines[0] and step_file_name(2) in lines[1]
+
+
+# --- document ids: two documents must not share one ---------------------------------------------
+# Hand-built rows of 8 tokens; a document's tokens are its id (so a row reads as its documents).
+
+
+def row(*docs, seq_len=8):
+    """A row of (doc_id, length[, source]) pieces, padded with 499."""
+    tokens, lens, ids, srcs = [], [], [], []
+    for d in docs:
+        doc_id, n, src = (*d, 0) if len(d) == 2 else d
+        tokens += [doc_id % 499] * n
+        lens.append(n)
+        ids.append(doc_id)
+        srcs.append(src)
+    return tokens + [499] * (seq_len - len(tokens)), lens, ids, srcs
+
+
+def hand_built(tmp_path, steps, remainder=(), n_sources=1):
+    out = str(tmp_path / "hand")
+    write_output(out, steps, seq_len=8, remainder=remainder, vocab_size=500, n_sources=n_sources)
+    return out
+
+
+def test_documents_cut_across_rows_and_steps_are_not_mistaken_for_shared_ids(tmp_path):
+    # concat: 9 starts mid-row, fills a row, ends at the start of a row (rows shuffled apart);
+    # bestfit: 10 is a full-row chunk plus a last chunk between two other documents.
+    out = hand_built(tmp_path, [
+        [row((1, 3), (9, 5)), row((10, 8))],
+        [row((9, 8)), row((11, 3), (10, 2), (12, 3))],
+    ], remainder=[row((9, 2), (4, 6))])
+    assert verify(out) == []
+
+
+def test_two_documents_sharing_an_id_are_caught_with_where_they_are(tmp_path):
+    # Two pieces of id 2 both end mid-row (another document follows): one id, two documents.
+    out = hand_built(tmp_path, [
+        [row((2, 5), (1, 3)), row((3, 4), (4, 4))],
+        [row((2, 6), (5, 2)), row((7, 8))],
+    ])
+    p = only_problem(out)
+    assert "document id 0000000000000002" in p and "shared by more than one document" in p
+    assert "step 0 row 0" in p and "step 1 row 0" in p and "unique id" in p and "--overwrite" in p
+    assert main(["shards", "verify", out]) == 1
+
+
+def test_a_concat_document_cut_again_among_the_bucket_ends_is_one_document(tmp_path):
+    # Document 1: its first piece ends a row; the piece that ended its bucket was packed with the
+    # other buckets' ends and cut again (mid-row, ends the row); its last piece starts a row.
+    out = hand_built(tmp_path, [[row((9, 4), (1, 4)), row((8, 4), (1, 4))], [row((1, 3), (7, 5)), row((6, 8))]])
+    assert verify(out) == []
+    # A third piece that starts mid-row is one too many.
+    out = hand_built(tmp_path / "more", [[row((9, 4), (1, 4)), row((8, 4), (1, 4))], [row((5, 3), (1, 5)), row((6, 8))]])
+    assert "0000000000000001" in only_problem(out)
+
+
+def test_a_shared_id_between_a_step_and_the_remainder_is_located(tmp_path):
+    # Both pieces of id 3 end mid-row (each is followed by another document).
+    out = hand_built(tmp_path, [[row((3, 4), (4, 4)), row((5, 8))]], remainder=[row((3, 2), (6, 6))])
+    p = only_problem(out)
+    assert "0000000000000003" in p and "step 0 row 0" in p and "remainder row 0" in p and "end mid-row" in p
+
+
+def test_one_id_in_two_sources_is_two_documents(tmp_path):
+    # Each count alone is fine (one piece starts mid-row, one ends mid-row), but the sources differ.
+    out = hand_built(tmp_path, [[row((1, 3, 0), (2, 5, 0)), row((2, 4, 1), (6, 4, 1))]], n_sources=2)
+    p = only_problem(out)
+    assert "0000000000000002" in p and "source src0" in p and "source src1" in p
+
+
+def test_many_shared_ids_are_listed_up_to_ten_then_counted(tmp_path):
+    steps = [[row((k, 4), (1000 + k + 100 * s, 4)) for k in range(12)] for s in range(2)]
+    problems = verify(hand_built(tmp_path, steps))
+    assert len(problems) == 11
+    assert all("shared by more than one document" in p for p in problems)
+    assert "2 more document ids" in problems[-1]
