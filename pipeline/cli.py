@@ -48,6 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int, help=h("seed") + " (default 0)")
     g.add_argument("--packing", choices=[p.value for p in Packing],
                    help="concat (default; DeepSeek: no padding) or bestfit (best-fit decreasing, fewer cut documents)")
+    g.add_argument("--steps", type=int, metavar="N", help=h("steps"))
     g.add_argument("--bucket-mb", type=int, help=h("bucket_mb") + " (default 8)")
     g.add_argument("--unit-mb", type=float, help=h("unit_mb") + " (default 1)")
     g = parser.add_argument_group("running")
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 FLAG_KEYS = ("input", "text_field", "format", "output", "seq_len", "rows_per_step", "global_batch_tokens",
              "compression", "overwrite", "tokenizer", "specials", "bos_token", "eos_token", "min_chars",
-             "max_chars", "piece_chars", "seed", "packing", "bucket_mb", "unit_mb", "workers")
+             "max_chars", "piece_chars", "seed", "packing", "bucket_mb", "unit_mb", "workers", "steps")
 
 
 def config_from_args(args) -> JobConfig:

@@ -17,6 +17,12 @@ A `job.toml`::
     paths = ["gsm8k/*.jsonl.zst"]
     text = "{question}\\n\\n{answer}"   # a field name, or a template over fields
     # format = "jsonl"             # jsonl | parquet | text | hf; from the extension when absent
+    # weight = 0.56              # mixtures: on every source or none (relative; normalised)
+
+A mixture (docs/prepare.md, "Mixtures"): every source has a `weight`; each step then takes its
+exact quota of rows from each source, and `steps = N` sets the output's length (without it: as
+many steps as the data gives before the first source runs out). `[[stage]]` tables instead give
+several stages one after another, each with `steps` and `weights = { name = w, ... }`.
 
 Relative local paths are made absolute here, before anything is submitted: a relative path on a
 remote worker silently matches nothing.
@@ -27,10 +33,12 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import math
 import os
 import string
 import tomllib
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from shards.errors import ConfigError
@@ -64,10 +72,14 @@ class SourceConfig:
     """A field name (`text`) or a template over fields (`{question}\\n\\n{answer}`)."""
     format: str | None = None
     """jsonl | parquet | text | hf; from each file's extension when absent."""
+    weight: float | None = None
+    """Share of every step's rows (relative to the other sources' weights); on all sources or none."""
 
     def __post_init__(self):
         if not self.name or "\0" in self.name:
             raise ConfigError(f"source name {self.name!r} must be a non-empty string")
+        if self.weight is not None:
+            check_weight(self.weight, f"source {self.name!r}")
         if not self.paths:
             raise ConfigError(f"source {self.name!r} has no paths; give 'paths = [\"...\"]' or --input")
         if self.format is not None and self.format not in FORMATS:
@@ -90,6 +102,26 @@ def text_fields(text: str) -> tuple[str, ...]:
     if not names or any(not n or not n.isidentifier() for n in names):
         raise ConfigError(f"text template {text!r} must name its fields, as in \"{{question}}\\n\\n{{answer}}\"")
     return tuple(names)
+
+
+def check_weight(w, where: str) -> None:
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+        raise ConfigError(f"{where}: weight {w!r} must be a number >= 0")
+
+
+def exact(w: float) -> Fraction:
+    """A weight as the exact decimal it was written as (0.56 -> 14/25), so quotas are exact."""
+    return Fraction(repr(float(w))) if isinstance(w, float) else Fraction(w)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageConfig:
+    """One stage of a mixture: `steps` steps whose rows follow `weights`."""
+
+    steps: int | None
+    """Steps of this stage; the last stage may leave it out (then: until a source runs out)."""
+    weights: tuple[tuple[str, float], ...]
+    """(source name, weight) pairs; a source not named gets no rows in this stage."""
 
 
 class Packing(str, enum.Enum):
@@ -138,6 +170,12 @@ class JobConfig:
     """Local worker processes (the local runner only)."""
     overwrite: bool = False
     """Replace an output that already holds a complete manifest."""
+    steps: int | None = None
+    """Steps of the output. With weights, sources short of their share are repeated (each pass a
+    fresh shuffle); without, at most this many steps. Default: as many as the data gives before
+    the first source runs out."""
+    stages: tuple[StageConfig, ...] = ()
+    """Mixture stages one after another ([[stage]] tables in the config file)."""
 
     def __post_init__(self):
         if not self.sources:
@@ -160,6 +198,63 @@ class JobConfig:
             raise ConfigError(f"compression {self.compression!r} is not 'none' or 'zstd'")
         if not 0 <= self.seed < 1 << 64:
             raise ConfigError(f"seed must be in [0, 2**64), got {self.seed}")
+        if self.steps is not None and self.steps <= 0:
+            raise ConfigError(f"steps must be positive, got {self.steps}")
+        self._check_mixture(names)
+
+    def _check_mixture(self, names: list[str]) -> None:
+        weighted = [s.name for s in self.sources if s.weight is not None]
+        if weighted and len(weighted) != len(self.sources):
+            missing = [n for n in names if n not in weighted]
+            raise ConfigError(f"weight is given for {', '.join(weighted)} but not for {', '.join(missing)}: "
+                              "give every source a weight, or none")
+        if weighted and not any(s.weight for s in self.sources):
+            raise ConfigError("every source weight is 0; give at least one a positive weight")
+        if not self.stages:
+            return
+        if weighted:
+            raise ConfigError("weights are given both on the sources and in [[stage]] tables; "
+                              "with stages, give them only in each stage's weights")
+        for k, st in enumerate(self.stages):
+            where = f"[[stage]] {k}"
+            if st.steps is None and k != len(self.stages) - 1:
+                raise ConfigError(f"{where} has no steps; only the last stage may leave them out")
+            if st.steps is not None and (isinstance(st.steps, bool) or not isinstance(st.steps, int) or st.steps <= 0):
+                raise ConfigError(f"{where}: steps must be a positive integer, got {st.steps!r}")
+            for name, w in st.weights:
+                if name not in names:
+                    raise ConfigError(f"{where} weighs source {name!r}, which is not one of {', '.join(names)}")
+                check_weight(w, f"{where} source {name!r}")
+            if not any(w for _, w in st.weights):
+                raise ConfigError(f"{where} gives no source a positive weight")
+        fixed = sum(st.steps or 0 for st in self.stages)
+        if self.steps is not None and self.stages[-1].steps is not None and self.steps != fixed:
+            raise ConfigError(f"steps = {self.steps} but the stages add up to {fixed}; drop one or make them agree")
+        if self.steps is not None and self.stages[-1].steps is None and self.steps <= fixed:
+            raise ConfigError(f"steps = {self.steps} leaves no step for the last stage (the others take {fixed})")
+
+    @property
+    def is_mixture(self) -> bool:
+        return bool(self.stages) or self.sources[0].weight is not None
+
+    def mixture(self) -> list[tuple[int | None, list[Fraction]]] | None:
+        """The stages as (steps or None: until a source runs out, exact normalised weight per
+        source index); None when the job has no weights (sources are shuffled together)."""
+        if not self.is_mixture:
+            return None
+        if self.stages:
+            index = {s.name: i for i, s in enumerate(self.sources)}
+            stages = []
+            for st in self.stages:
+                w = [Fraction(0)] * len(self.sources)
+                for name, x in st.weights:
+                    w[index[name]] = exact(x)
+                stages.append([st.steps, w])
+            if self.steps is not None and stages[-1][0] is None:
+                stages[-1][0] = self.steps - sum(st[0] for st in stages[:-1])
+        else:
+            stages = [[self.steps, [exact(s.weight) for s in self.sources]]]
+        return [(n, [x / sum(w) for x in w]) for n, w in stages]
 
     def special_tokens(self) -> list[str]:
         """The token strings whose ids the job looks up (tokenize.tokenizer_info): the preset's
@@ -173,6 +268,7 @@ class JobConfig:
         d["packing"] = self.packing.value
         d["specials"] = self.specials.value if self.specials else None
         d["sources"] = [dict(dataclasses.asdict(s), paths=list(s.paths)) for s in self.sources]
+        d["stages"] = [{"steps": st.steps, "weights": dict(st.weights)} for st in self.stages]
         return d
 
 
@@ -208,7 +304,8 @@ def load_toml(path: str) -> dict:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
 
 
-FILE_KEYS = {f.name for f in dataclasses.fields(JobConfig)} | {"source", "global_batch_tokens"}
+FILE_KEYS = ({f.name for f in dataclasses.fields(JobConfig)} - {"stages"}) | {"source", "stage", "global_batch_tokens"}
+SOURCE_KEYS = ("name", "paths", "text", "format", "weight")
 
 
 def build(file: dict | None, file_dir: str, flags: dict[str, Any], cwd: str | None = None) -> JobConfig:
@@ -233,17 +330,22 @@ def build(file: dict | None, file_dir: str, flags: dict[str, Any], cwd: str | No
         for i, s in enumerate(file.pop("source", [])):
             if not isinstance(s, dict):
                 raise ConfigError("each [[source]] must be a table with name, paths and text")
-            bad = set(s) - {"name", "paths", "text", "format"}
+            bad = set(s) - set(SOURCE_KEYS)
             if bad:
                 raise ConfigError(f"[[source]] {i}: unknown key(s) {', '.join(sorted(bad))}; "
-                                  "known: name, paths, text, format")
+                                  f"known: {', '.join(SOURCE_KEYS)}")
             paths = s.get("paths", [])
             paths = [paths] if isinstance(paths, str) else list(paths)
             sources.append(SourceConfig(
                 name=s.get("name", f"source{i}"), paths=tuple(absolute(p, file_dir) for p in paths),
-                text=s.get("text", "text"), format=s.get("format"),
+                text=s.get("text", "text"), format=s.get("format"), weight=s.get("weight"),
             ))
     file.pop("source", None)
+    stages = []
+    for k, st in enumerate(file.pop("stage", [])):
+        if not isinstance(st, dict) or set(st) - {"steps", "weights"} or not isinstance(st.get("weights"), dict):
+            raise ConfigError(f"[[stage]] {k} must be a table with steps = N and weights = {{ source = w, ... }}")
+        stages.append(StageConfig(steps=st.get("steps"), weights=tuple(st["weights"].items())))
     values: dict[str, Any] = dict(file)
     if "output" in values:
         values["output"] = absolute(values["output"], file_dir)
@@ -278,7 +380,8 @@ def build(file: dict | None, file_dir: str, flags: dict[str, Any], cwd: str | No
         values["compression"] = None
     known = {f.name for f in dataclasses.fields(JobConfig)}
     try:
-        return JobConfig(sources=tuple(sources), **{k: v for k, v in values.items() if k in known})
+        return JobConfig(sources=tuple(sources), stages=tuple(stages),
+                         **{k: v for k, v in values.items() if k in known and k != "stages"})
     except TypeError as exc:
         raise ConfigError(f"bad value in the configuration: {exc}") from exc
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import sys
 import threading
@@ -152,7 +151,35 @@ def summary(report: dict, out: str) -> str:
         f"  time       {report['wall_seconds']:.1f}s, {report['tokens_per_second'] / 1e6:.2f}M tokens/s "
         f"({report['workers']} workers, {report['buckets']} buckets)",
     ]
+    asked = report.get("steps_asked")
+    if asked and report["steps"] < asked:
+        lines.append(f"  warning    {asked:,} steps asked, the data gives {report['steps']:,}: without weights no "
+                     "source is repeated; give every source a weight to repeat short ones")
+    lines += mixture_lines(report.get("mixture"), r["rows_per_step"])
     return "\n".join(lines)
+
+
+# Past ~4 epochs repeated tokens are worth little more than none (Muennighoff et al. 2023,
+# "Scaling Data-Constrained Language Models").
+MAX_USEFUL_PASSES = 4
+
+
+def mixture_lines(mix: dict | None, rows_per_step: int) -> list[str]:
+    """Per source: target share, rows per step, passes; a warning above MAX_USEFUL_PASSES."""
+    if not mix:
+        return []
+    lines = []
+    for k, st in enumerate(mix["stages"]):
+        head = f"  mixture    stage {k}: {st['steps']:,} steps" if len(mix["stages"]) > 1 else "  mixture"
+        lines.append(head)
+        for src, w in zip(mix["sources"], st["weights"]):
+            lines.append(f"    {src['name']:<20} {100 * w:6.2f}%  {w * rows_per_step:8.2f} rows/step")
+    lines.append("  passes     " + ", ".join(f"{s['name']} {s['passes']:.2f}" for s in mix["sources"]))
+    for s in mix["sources"]:
+        if s["passes"] > MAX_USEFUL_PASSES:
+            lines.append(f"  warning    {s['name']} is repeated {s['passes']:.2f} times (its {s['rows_per_pass']:,} rows); "
+                         f"past ~{MAX_USEFUL_PASSES} passes repeated data adds little: add data or lower its weight")
+    return lines
 
 
 def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = False,
@@ -176,7 +203,7 @@ def _run(cfg: JobConfig, beam_args: list[str], quiet: bool, started: float, zygo
     quiet_logging()  # before Beam's imports, which log through the root logger
     beam = import_beam()
 
-    from .transforms import Job, Prepare
+    from .transforms import Job, Prepare, make_groups
 
     # The local job service logs every SDK worker's start-up chatter at WARNING; keep real errors.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
@@ -189,11 +216,10 @@ def _run(cfg: JobConfig, beam_args: list[str], quiet: bool, started: float, zygo
     FileSystems.set_options(options)
     # Checks that stop the job before any work: tokenizer, inputs, output.
     info = tokenizer_info(cfg, zygote.tokenizer_facts() if zygote else None)
-    units, input_bytes = discover(cfg)
+    units, source_bytes = discover(cfg)
     check_output(cfg)
     job = Job(cfg=cfg, tokenizer=info, dtype=dtype_for_vocab(info.vocab_size),
-              buckets=max(1, math.ceil(input_bytes / (cfg.bucket_mb << 20))), started=started,
-              input_bytes=input_bytes)
+              groups=make_groups(cfg, source_bytes), started=started, input_bytes=sum(source_bytes))
     # Tokenizer threads per worker process (see tokenize.py); SDK worker subprocesses inherit it.
     os.environ.setdefault("RAYON_NUM_THREADS", RAYON_THREADS)
     progress = Progress(cfg.output, started) if fs.is_local(cfg.output) and not quiet else None
@@ -208,6 +234,8 @@ def _run(cfg: JobConfig, beam_args: list[str], quiet: bool, started: float, zygo
         if progress:
             progress.finish()
     report = json.loads(fs.read_bytes(fs.join(cfg.output, REPORT_NAME)))
+    if "error" in report:
+        raise ConfigError(f"prepare stopped, no output written: {report['error']}")
     report["wall_seconds_launcher"] = round(time.time() - started, 3)
     if not quiet:
         print(summary(report, cfg.output))

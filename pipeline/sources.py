@@ -98,8 +98,28 @@ def _is_hf_dir(path: str) -> bool:
 
 def _glob_base(pattern: str) -> str:
     m = re.search(r"[*?\[]", pattern)
-    static = pattern if m is None else pattern[: m.start()]
-    return posixpath.dirname(static)
+    return posixpath.dirname(pattern.rstrip("/") if m is None else pattern[: m.start()])
+
+
+def source_root(patterns) -> str:
+    """The folder that a source's file keys are relative to: the deepest folder above every one of
+    its paths' static parts (`a/*.jsonl` + `b/*.jsonl` -> their parent, so the keys are
+    `a/x.jsonl` and `b/x.jsonl`). Keys so made do not change when the corpus moves to another
+    root or bucket, and one glob keeps the keys relative to its own folder."""
+    parts = [_glob_base(p).split("/") for p in patterns if not p.startswith(HUB_PREFIX)]
+    if not parts:
+        return ""
+    common = parts[0]
+    for other in parts[1:]:
+        n = 0
+        while n < min(len(common), len(other)) and common[n] == other[n]:
+            n += 1
+        common = common[:n]
+    return "/".join(common)
+
+
+def _key(path: str, root: str) -> str:
+    return path[len(root):].lstrip("/") if root and path.startswith(root + "/") else path.lstrip("/")
 
 
 SCHEME_NEEDS = {"s3": ("boto3", "apache-beam[aws]"), "gs": ("google.cloud.storage", "apache-beam[gcp]")}
@@ -132,13 +152,15 @@ def _dir_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def discover(cfg: JobConfig) -> tuple[list[Unit], int]:
-    """Every read unit of the job, in a fixed order, and the total input bytes; InputError if a
-    path matches nothing."""
+def discover(cfg: JobConfig) -> tuple[list[Unit], list[int]]:
+    """Every read unit of the job, in a fixed order, and the input bytes of each source;
+    InputError if a path matches nothing."""
     units: list[Unit] = []
-    total = 0
+    sizes = []
     unit_bytes = cfg.unit_mb * (1 << 20)
     for si, src in enumerate(cfg.sources):
+        root = source_root(src.paths)
+        total = 0
         for pattern in src.paths:
             if pattern.startswith(HUB_PREFIX):
                 units.append(Unit(si, src.name, pattern, pattern[len(HUB_PREFIX):], "hub", None, src.text, 0, 1))
@@ -149,19 +171,17 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], int]:
                 size = _dir_size(pattern)
                 total += size
                 parts = max(1, math.ceil(size / unit_bytes))
-                units += [Unit(si, src.name, pattern, posixpath.basename(pattern.rstrip("/")), "hf", None,
+                units += [Unit(si, src.name, pattern, _key(pattern.rstrip("/"), root), "hf", None,
                                src.text, j, parts, size / parts) for j in range(parts)]
                 continue
             files = _match(pattern)
             if not files:
                 raise InputError(f"input {pattern} (source {src.name!r}) matches no file; check the path")
-            base = _glob_base(pattern)
             for path, size in files:
                 fmt, comp = (src.format, None) if src.format else detect_format(path)
                 if src.format == "jsonl" or src.format == "text":
                     comp = detect_format(path)[1] if path.endswith((".gz", ".zst")) else None
-                key = path[len(base):].lstrip("/") if path.startswith(base) and path != base \
-                    else posixpath.basename(path)
+                key = _key(path, root)
                 total += size
                 if fmt == "parquet":
                     # Part j reads row groups j, j+parts, ...; its weight is what they hold
@@ -174,7 +194,26 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], int]:
                         if fmt == "jsonl" else 1
                     weights = [size * COMPRESSION_RATIO.get(comp, 1) / parts] * parts
                 units += [Unit(si, src.name, path, key, fmt, comp, src.text, j, parts, weights[j]) for j in range(parts)]
-    return units, total
+        sizes.append(total)
+    check_unique_keys(units)
+    return units, sizes
+
+
+def check_unique_keys(units: list[Unit]) -> None:
+    """doc_id hashes (source, file key, record): two files with one key would give their records
+    the same ids (and join pieces of different documents), so that is an error before any work."""
+    paths: dict[tuple[str, str], str] = {}
+    parts: set[tuple[str, str, int]] = set()
+    for u in units:
+        if (u.source_name, u.path, u.part) in parts:
+            raise ConfigError(f"{u.path} is matched by two of the paths of source {u.source_name!r}: its "
+                              "documents would be read twice; make the globs disjoint")
+        parts.add((u.source_name, u.path, u.part))
+        other = paths.setdefault((u.source_name, u.key), u.path)
+        if other != u.path:
+            raise ConfigError(f"{other} and {u.path} (source {u.source_name!r}) would give their documents the "
+                              f"same ids (both are {u.key!r} under the source's folder); put them in separate "
+                              "[[source]] tables or rename one")
 
 
 def _row_group_bytes(path: str) -> list[int]:

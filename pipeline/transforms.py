@@ -4,10 +4,13 @@
                      malformed records -> rejects
     TokenizeDocs     filter (empty / min / max chars, counted by reason) and tokenize, batched;
                      tokenizer loaded once per worker in setup()
-    SpillBuckets     seeded hash -> bucket; documents go to spill files, only their names shuffle
-    PackRows         per bucket: read its spills, order by hash, pack -> bucket file of rows
-    AssignSteps      concat tails of all buckets packed last (only the job's final row is padded);
-                     per-file row counts -> plan of (row file, row range) slices per step
+    SpillBuckets     seeded hash -> bucket of the document's packing group (the whole job, or
+                     with weights its source); documents go to spill files, only names shuffle
+    PackRows         per bucket: read its spills, order by hash, pack, shuffle the rows (seeded)
+                     -> bucket file of rows
+    AssignSteps      concat tails of each group's buckets packed last (only a group's final row
+                     is padded, and it goes to the remainder); per-file row counts -> per-step
+                     quotas -> plan of (row file, row range) slices per step (plan.py)
     WriteStepShards  each step reads its slices and writes steps/step-XXXXXXXX.arrow
     WriteManifest    rejects/, report.json, then manifest.json last; _work/ removed
 
@@ -17,25 +20,31 @@ so memory is bounded by one bucket on every runner, the local one included.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import NamedTuple
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from shards import Manifest, RowBlock, SourceInfo, TokenizerInfo, fs, open_step, write_manifest, write_step
+from shards import (
+    Manifest, MixtureInfo, RowBlock, SourceInfo, StageInfo, TokenizerInfo, fs, open_step, write_manifest, write_step,
+)
 from shards.format import REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, step_file_name
 
 from . import buckets as bk
 from .config import JobConfig
 from .packing import ConcatPacker, Doc, Packing, concat_layout, cut_documents, packer
-from .plan import doc_id, make_plan, shuffle_key
+from .plan import EmptyStream, Stream, derive_seed, doc_id, make_plan, permutation, shuffle_key
 from .schedule import deal_order
 from .sources import Reject, Unit, read_unit
 from .tokenize import DocTokenizer, shipped_json
@@ -57,13 +66,26 @@ SPILL_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
+class Group:
+    """Documents packed together: every source (no weights), or one source (weights: rows are
+    then single-source, and a source's rows depend on its own data and the seed alone)."""
+
+    name: str
+    """"" for the whole job, else the source's name: part of the seeds of its row shuffles."""
+    sources: tuple[int, ...]
+    first: int
+    """Its buckets are first .. first + buckets - 1."""
+    buckets: int
+
+
+@dataclass(frozen=True)
 class Job:
     """What every stage needs, resolved on the launching machine."""
 
     cfg: JobConfig
     tokenizer: TokenizerInfo
     dtype: str
-    buckets: int
+    groups: tuple[Group, ...]
     started: float
     """Wall-clock start (time.time()) of the launch, for report.json."""
     input_bytes: int
@@ -71,6 +93,28 @@ class Job:
     @property
     def out(self) -> str:
         return self.cfg.output
+
+    @property
+    def buckets(self) -> int:
+        return sum(g.buckets for g in self.groups)
+
+    def group_of_source(self) -> list[int]:
+        return [g for s in range(len(self.cfg.sources)) for g, grp in enumerate(self.groups) if s in grp.sources]
+
+    def group_of_bucket(self, bucket: int) -> int:
+        return next(g for g, grp in enumerate(self.groups) if grp.first <= bucket < grp.first + grp.buckets)
+
+
+def make_groups(cfg: JobConfig, source_bytes: list[int]) -> tuple[Group, ...]:
+    """One group per source with weights, else one; buckets from the group's input bytes."""
+    n = lambda size: max(1, math.ceil(size / (cfg.bucket_mb << 20)))  # noqa: E731
+    if not cfg.is_mixture:
+        return (Group("", tuple(range(len(cfg.sources))), 0, n(sum(source_bytes))),)
+    groups, first = [], 0
+    for i, (src, size) in enumerate(zip(cfg.sources, source_bytes)):
+        groups.append(Group(src.name, (i,), first, n(size)))
+        first += groups[-1].buckets
+    return tuple(groups)
 
 
 def count(stats: dict) -> None:
@@ -260,13 +304,17 @@ class SpillFn(beam.DoFn):
     def __init__(self, job: Job):
         self.job = job
 
+    def setup(self):
+        self.group = [self.job.groups[g] for g in self.job.group_of_source()]
+
     def start_bundle(self):
         self.buf: dict[int, tuple[list, list]] = {}
         self.size = 0
 
     def process(self, kept):
         for key, doc in kept:
-            b = key % self.job.buckets
+            g = self.group[doc.source]
+            b = g.first + key % g.buckets
             keys, docs = self.buf.setdefault(b, ([], []))
             keys.append(key)
             docs.append(doc)
@@ -291,7 +339,10 @@ class SpillFn(beam.DoFn):
 # ---------------------------------------------------------------- PackRows
 
 class PackBucketFn(beam.DoFn):
-    """(bucket, spill files) -> ('bucket', order, file, rows); concat tails on 'tails'."""
+    """(bucket, spill files) -> (group, bucket, row file, rows); concat tails on 'tails'.
+
+    The rows of a bucket are shuffled (seeded) after packing: `bestfit` emits them longest
+    documents first, and a step must be a random sample of rows, not a length curriculum."""
 
     def __init__(self, job: Job):
         self.job = job
@@ -308,19 +359,23 @@ class PackBucketFn(beam.DoFn):
             rows = [r for d in docs.docs() for r in p.add(d)] + p.flush()
             block, tail, cut = bk.rows_to_block(rows, job.cfg.seq_len, dtype), [], cut_documents(rows)
         del docs
+        g = job.group_of_bucket(bucket)
+        group = job.groups[g]
         # A document lies in one bucket; the only one of its pieces that can travel on to
         # pack_tails is the first tail piece, so pack_tails is told which tail ids are counted.
         if tail:
             counted = sorted({d.doc_id for d in tail} & cut)
             yield beam.pvalue.TaggedOutput("tails", (bucket, bk.pieces_to_bytes(tail), counted))
-        stats = {"documents_cut": len(cut)}
+        # Pieces as packed (each row once): with repeated sources the steps hold more.
+        stats = {"documents_cut": len(cut), "pieces_packed": len(block.doc_lens)}
         count(stats)
         yield beam.pvalue.TaggedOutput("stats", stats)
         if block.num_rows:
+            block = shuffle_rows(block, job.cfg.seed, group.name, bucket - group.first)
             rel = f"{bk.WORK_DIR}/buckets/bucket-{bucket:05d}.arrow"
             write_step(job.out, rel, block, seq_len=job.cfg.seq_len, dtype=job.dtype, step=None)
             Metrics.counter(NS, "bucket_rows").inc(block.num_rows)
-            yield ("bucket", bucket, rel, block.num_rows)
+            yield RowFile(g, bucket, rel, block.num_rows)
 
     def _concat(self, docs: bk.BucketDocs) -> tuple[RowBlock, list[Doc], set[int]]:
         """The bucket's full rows, the pieces of its unfinished last row (they go on to
@@ -340,28 +395,48 @@ class PackBucketFn(beam.DoFn):
         return block, tail, set(docs.doc_ids[pieces > 1].tolist())
 
 
-def pack_tails(tails: list, job: Job) -> tuple[dict, list[tuple]]:
-    """Every bucket's unfinished last row, in bucket order, packed on: full rows then the final
-    padded row (which always goes to the remainder). Writes them; returns the stats and the
-    row files, as PackBucketFn emits them."""
+class RowFile(NamedTuple):
+    """A file of packed rows under _work/, in its group's order (`order`); `final`: a group's
+    last, padded `concat` row, which goes to the remainder, never into a step."""
+
+    group: int
+    order: int
+    file: str
+    rows: int
+    final: bool = False
+
+
+def shuffle_rows(block: RowBlock, seed: int, *names) -> RowBlock:
+    return block.take(permutation(block.num_rows, derive_seed(seed, "rows", *names)))
+
+
+def pack_tails(tails: list, job: Job) -> tuple[dict, list[RowFile]]:
+    """Each group's buckets' unfinished last rows, in bucket order, packed on: full rows (shuffled)
+    then the group's final padded row. Writes them; returns the stats and the row files."""
     dtype = np.dtype(job.dtype)
-    p = ConcatPacker(job.cfg.seq_len, job.tokenizer.pad_id, dtype)
-    rows = []
-    counted = set()
-    for _, items, ids in sorted(tails, key=lambda t: t[0]):
-        counted.update(ids)
-        for d in bk.pieces_from_bytes(items, dtype):
-            rows.extend(p.add(d))
-    final = p.flush()
-    stats = {"documents_cut": len(cut_documents(rows + final) - counted)}
+    files, cut, pieces = [], 0, 0
+    for g, group in enumerate(job.groups):
+        p = ConcatPacker(job.cfg.seq_len, job.tokenizer.pad_id, dtype)
+        rows = []
+        counted = set()
+        for _, items, ids in sorted((t for t in tails if job.group_of_bucket(t[0]) == g), key=lambda t: t[0]):
+            counted.update(ids)
+            for d in bk.pieces_from_bytes(items, dtype):
+                rows.extend(p.add(d))
+        final = p.flush()
+        cut += len(cut_documents(rows + final) - counted)
+        pieces += sum(len(r.doc_lens) for r in rows + final)
+        suffix = f"-{g:05d}" if len(job.groups) > 1 else ""
+        for name, rs, order in (("tail", rows, job.buckets), ("final", final, job.buckets + 1)):
+            if rs:
+                block = bk.rows_to_block(rs, job.cfg.seq_len, dtype)
+                if name == "tail":
+                    block = shuffle_rows(block, job.cfg.seed, group.name, "tail")
+                rel = f"{bk.WORK_DIR}/buckets/{name}{suffix}.arrow"
+                write_step(job.out, rel, block, seq_len=job.cfg.seq_len, dtype=job.dtype, step=None)
+                files.append(RowFile(g, order, rel, len(rs), final=name == "final"))
+    stats = {"documents_cut": cut, "pieces_packed": pieces}
     count(stats)
-    files = []
-    for name, rs, order in (("tail", rows, job.buckets), ("final", final, job.buckets + 1)):
-        if rs:
-            rel = f"{bk.WORK_DIR}/buckets/{name}.arrow"
-            write_step(job.out, rel, bk.rows_to_block(rs, job.cfg.seq_len, dtype),
-                       seq_len=job.cfg.seq_len, dtype=job.dtype, step=None)
-            files.append((name, order, rel, len(rs)))
     return stats, files
 
 
@@ -383,27 +458,66 @@ class PackRows(beam.PTransform):
 
 # ---------------------------------------------------------------- AssignSteps / WriteStepShards
 
-def step_tasks(files: list, rows_per_step: int):
-    """Row files in global order (buckets, then the concat tail rows, then the final padded row)
-    -> one task per step and one for the remainder. The final row is the job's only padded
-    `concat` row: in the remainder, unless it completes the last step exactly."""
-    ordered = sorted(files, key=lambda f: f[1])
-    steps, remainder = make_plan([(rel, n) for _, _, rel, n in ordered], rows_per_step)
-    for s, slices in enumerate(steps):
-        yield (s, [tuple(x) for x in slices])
+def stages_of(cfg: JobConfig, streams: list[Stream]) -> list[tuple]:
+    """The plan's stages: the config's mixture, or one stream taking every row (at most `steps`)."""
+    mixture = cfg.mixture()
+    if mixture is not None:
+        return mixture
+    n = streams[0].rows // cfg.rows_per_step
+    return [(min(n, cfg.steps) if cfg.steps else n, [Fraction(1)])]
+
+
+def step_tasks(files: list[RowFile], job: Job):
+    """Row files -> one task per step, one for the remainder, and what the manifest records of
+    the mixture (None without weights). A task: (step or -1, slices, rows per source or None,
+    seed of the step's row shuffle or None). With weights a step's rows are shuffled (seeded by
+    the step alone), so every micro-batch is a sample of the mixture."""
+    cfg = job.cfg
+    streams = [Stream(g.name, [(f.file, f.rows) for f in sorted(files, key=lambda f: f.order)
+                               if f.group == k and not f.final]) for k, g in enumerate(job.groups)]
+    try:
+        plan = make_plan(streams, stages_of(cfg, streams), cfg.rows_per_step, cfg.seed)
+    except EmptyStream as exc:
+        # Not raised here: a failing Beam stage buries the message in worker logs. The launcher
+        # reads it from the report and stops with it (no manifest is written).
+        yield beam.pvalue.TaggedOutput("mixture", {"error": (
+            f"source {exc.name!r} packs into no full row of {cfg.seq_len} tokens, so it cannot give its share of "
+            "any step; give it more data, a weight of 0, or a smaller --seq-len")})
+        return
+    mixed = cfg.is_mixture
+    for s, slices in enumerate(plan.steps):
+        yield (s, [tuple(x) for x in slices], plan.step_rows[s] if mixed else None,
+               derive_seed(cfg.seed, "step", s) if mixed else None)
+    finals = sorted((f for f in files if f.final), key=lambda f: f.group)
+    remainder = [tuple(x) for x in plan.remainder] + [(f.file, 0, f.rows, -1) for f in finals]
+    rem_rows = list(plan.remainder_rows)
+    for f in finals:
+        rem_rows[f.group] += f.rows
     if remainder:
-        yield (-1, [tuple(x) for x in remainder])
+        yield (-1, remainder, rem_rows if mixed else None, None)
+    mixture = None
+    if mixed:
+        rows = [st.rows for st in streams]
+        mixture = {
+            "stages": [{"steps": n, "weights": [float(w) for w in weights]}
+                       for n, (_, weights) in zip(plan.stage_steps, cfg.mixture())],
+            "rows_per_pass": rows,
+            "passes": [u / r if r else 0.0 for u, r in zip(plan.used, rows)],
+            "remainder_rows": rem_rows,
+        }
+    yield beam.pvalue.TaggedOutput("mixture", {"mixture": mixture, "steps_asked": cfg.steps})
 
 
 def plan_steps(_, job: Job, buckets: list, tails: list):
     """The tails packed (pack_tails), then every row file -> the step tasks (step_tasks)."""
     stats, files = pack_tails(tails, job)
     yield beam.pvalue.TaggedOutput("stats", stats)
-    yield from step_tasks(list(buckets) + files, job.cfg.rows_per_step)
+    yield from step_tasks([RowFile(*b) for b in buckets] + files, job)
 
 
 class AssignSteps(beam.PTransform):
-    """PackRows' outputs -> step tasks spread over the workers (main) and the tails' stats.
+    """PackRows' outputs -> step tasks spread over the workers (main), the tails' stats, and
+    the mixture's record.
 
     One element, with the bucket files and tails as side inputs: gathering them with ToList and
     packing the tails in a step of its own took five more stages, each a round trip to every
@@ -420,16 +534,24 @@ class AssignSteps(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "PackTailsPlanSteps" >> beam.FlatMap(
                 plan_steps, self.job, beam.pvalue.AsList(packed.buckets), beam.pvalue.AsList(packed.tails),
-            ).with_outputs("stats", main="tasks")
+            ).with_outputs("stats", "mixture", main="tasks")
         )
-        return plan.tasks | "SpreadSteps" >> beam.Reshuffle(), plan.stats
+        return plan.tasks | "SpreadSteps" >> beam.Reshuffle(), plan.stats, plan.mixture
+
+
+def read_slice(f, lo: int, hi: int, order: int) -> RowBlock:
+    if order < 0:
+        return f.read(range(lo, hi))
+    return f.read().take(permutation(f.num_rows, order)[lo:hi])
 
 
 def write_one_step(task, job: Job) -> dict:
-    step, slices = task
-    files = [open_step(fs.join(job.out, rel)) for rel, _, _ in slices]
+    step, slices, source_rows, shuffle = task
+    files = [open_step(fs.join(job.out, rel)) for rel, *_ in slices]
     try:
-        block = RowBlock.concat([f.read(range(lo, hi)) for f, (_, lo, hi) in zip(files, slices)])
+        block = RowBlock.concat([read_slice(f, lo, hi, order) for f, (_, lo, hi, order) in zip(files, slices)])
+        if shuffle is not None:
+            block = block.take(permutation(block.num_rows, shuffle))
         rel = step_file_name(step) if step >= 0 else REMAINDER_FILE
         info = write_step(job.out, rel, block, seq_len=job.cfg.seq_len, dtype=job.dtype,
                           step=step if step >= 0 else None, compression=job.cfg.compression)
@@ -437,9 +559,7 @@ def write_one_step(task, job: Job) -> dict:
         for f in files:
             f.close()
     Metrics.counter(NS, "steps_written" if step >= 0 else "remainder_rows").inc(1 if step >= 0 else info.rows)
-    import dataclasses
-
-    return {"step": step, **dataclasses.asdict(info)}
+    return {"step": step, **dataclasses.asdict(replace(info, source_rows=source_rows))}
 
 
 class WriteStepShards(beam.PTransform):
@@ -462,7 +582,7 @@ def manifest_config(cfg: JobConfig) -> dict:
     return d
 
 
-def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int) -> dict:
+def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int, plan: dict) -> dict:
     from shards import FileInfo
 
     steps = sorted((i for i in infos if i["step"] >= 0), key=lambda i: i["step"])
@@ -483,9 +603,11 @@ def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int) -> di
         "rows": {"in_steps": sum(i["rows"] for i in steps), "remainder": sum(i["rows"] for i in rem),
                  "rows_per_step": job.cfg.rows_per_step, "seq_len": job.cfg.seq_len},
         "steps": len(steps),
+        "steps_asked": plan.get("steps_asked"),
+        "mixture": mixture_report(job, plan.get("mixture")),
         "padding_tokens": sum(i["padding"] for i in files),
         "documents_cut_across_rows": stats.get("documents_cut", 0),
-        "cuts": pieces - kept_docs,
+        "cuts": stats.get("pieces_packed", 0) - kept_docs,
         "pieces": pieces,
         "rejects": n_rejects,
         "buckets": job.buckets,
@@ -498,15 +620,27 @@ def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int) -> di
     }
 
 
+def mixture_report(job: Job, mixture: dict | None) -> dict | None:
+    """Per source: its target share (per stage), rows per pass, passes, rows in the remainder."""
+    if mixture is None:
+        return None
+    return {"stages": mixture["stages"], "sources": [
+        {"name": s.name, "rows_per_pass": mixture["rows_per_pass"][i], "passes": mixture["passes"][i],
+         "remainder_rows": mixture["remainder_rows"][i]} for i, s in enumerate(job.cfg.sources)]}
+
+
 def remove_work(out: str) -> None:
     fs.remove_tree(fs.join(out, bk.WORK_DIR))
 
 
-def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list):
+def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list, plan: dict):
+    if plan.get("error"):
+        fs.write_bytes(fs.join(job.out, REPORT_NAME), (json.dumps({"error": plan["error"]}) + "\n").encode("utf-8"))
+        return
     rejects = sorted(rejects, key=lambda r: (r["source"], r["file"], r["record"], r["reason"]))
     fs.write_bytes(fs.join(job.out, REJECTS_FILE),
                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode("utf-8"))
-    report = build_report(job, stats, infos, len(rejects))
+    report = build_report(job, stats, infos, len(rejects), plan)
     file_infos = report.pop("_file_infos")
     steps = [f for f in file_infos if f.file != REMAINDER_FILE]
     remainder = next((f for f in file_infos if f.file == REMAINDER_FILE), None)
@@ -514,11 +648,14 @@ def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list):
                           tokens=stats.get(f"source_tokens/{i}", 0)) for i, s in enumerate(job.cfg.sources)]
     report["sources"] = [dict(name=s.name, documents=s.documents, tokens=s.tokens) for s in sources]
     fs.write_bytes(fs.join(job.out, REPORT_NAME), (json.dumps(report, indent=1) + "\n").encode("utf-8"))
+    mix = plan.get("mixture")
+    if mix is not None:
+        mix = MixtureInfo(**dict(mix, stages=[StageInfo(**st) for st in mix["stages"]]))
     manifest = Manifest(
         seq_len=job.cfg.seq_len, rows_per_step=job.cfg.rows_per_step, dtype=job.dtype,
         compression=job.cfg.compression, tokenizer=job.tokenizer, packing=job.cfg.packing.value,
         seed=job.cfg.seed, sources=sources, steps=steps, remainder=remainder,
-        config=manifest_config(job.cfg),
+        config=manifest_config(job.cfg), mixture=mix,
     )
     write_manifest(job.out, manifest)  # last: the commit marker
     remove_work(job.out)
@@ -526,9 +663,9 @@ def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list):
 
 
 class WriteManifest(beam.PTransform):
-    def __init__(self, job: Job, stats, infos, rejects):
+    def __init__(self, job: Job, stats, infos, rejects, plan):
         super().__init__()
-        self.job, self.stats, self.infos, self.rejects = job, stats, infos, rejects
+        self.job, self.stats, self.infos, self.rejects, self.plan = job, stats, infos, rejects, plan
 
     def expand(self, pbegin):
         return (
@@ -536,7 +673,8 @@ class WriteManifest(beam.PTransform):
             | "Once" >> beam.Create([None])
             | "WriteRejectsReportManifest" >> beam.FlatMap(
                 write_outputs, self.job, beam.pvalue.AsSingleton(self.stats, default_value={}),
-                beam.pvalue.AsList(self.infos), beam.pvalue.AsList(self.rejects))
+                beam.pvalue.AsList(self.infos), beam.pvalue.AsList(self.rejects),
+                beam.pvalue.AsSingleton(self.plan))
         )
 
 
@@ -553,8 +691,8 @@ class Prepare(beam.PTransform):
         tok = read.docs | "TokenizeDocs" >> TokenizeDocs(job)
         spills = tok.tokens | "SpillBuckets" >> beam.ParDo(SpillFn(job))
         packed = spills | "PackRows" >> PackRows(job)
-        tasks, plan_stats = pbegin | "AssignSteps" >> AssignSteps(job, packed)
+        tasks, plan_stats, plan = pbegin | "AssignSteps" >> AssignSteps(job, packed)
         infos = tasks | "WriteStepShards" >> WriteStepShards(job)
         stats = ((read.stats, tok.stats, packed.stats, plan_stats) | "AllStats" >> beam.Flatten()
                  | "SumStats" >> beam.CombineGlobally(SumDicts()).without_defaults())
-        return pbegin | "WriteManifest" >> WriteManifest(job, stats, infos, read.rejects)
+        return pbegin | "WriteManifest" >> WriteManifest(job, stats, infos, read.rejects, plan)

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from fractions import Fraction
 
 import apache_beam as beam
 import pytest
@@ -16,11 +17,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pipeline.config import build, rows_from_batch_tokens, text_fields
-from pipeline.plan import Slice, doc_id, make_plan, shuffle_key
+from pipeline.plan import Slice, Stream, doc_id, make_plan, permutation, quotas, shuffle_key
 from pipeline.schedule import deal_order, loads_of
 from pipeline.sources import detect_format, make_text
 from pipeline.tokenize import split_text
-from pipeline.transforms import SumDicts, step_tasks
+from pipeline.transforms import SumDicts
 from shards.errors import ConfigError
 
 
@@ -34,25 +35,94 @@ def test_doc_ids_and_shuffle_keys_are_stable_known_values():
 
 
 def test_plan_matches_the_docstring_trace():
-    steps, rem = make_plan([("b0", 5), ("b1", 4), ("tail", 2)], 4)
-    assert steps == [[Slice("b0", 0, 4)], [Slice("b0", 4, 5), Slice("b1", 0, 3)]]
-    assert rem == [Slice("b1", 3, 4), Slice("tail", 0, 2)]
+    plan = make_plan([Stream("", [("b0", 5), ("b1", 4), ("tail", 2)])], [(2, [Fraction(1)])], 4, seed=0)
+    assert plan.steps == [[Slice("b0", 0, 4)], [Slice("b0", 4, 5), Slice("b1", 0, 3)]]
+    assert plan.remainder == [Slice("b1", 3, 4), Slice("tail", 0, 2)] and plan.remainder_rows == [3]
 
 
 @given(st.lists(st.integers(min_value=0, max_value=30), max_size=8), st.integers(min_value=1, max_value=9))
 def test_plan_covers_every_row_once_with_exact_steps(counts, rps):
     files = [(f"f{i}", n) for i, n in enumerate(counts)]
-    steps, rem = make_plan(files, rps)
-    assert all(sum(s.stop - s.start for s in step) == rps for step in steps)
-    assert sum(s.stop - s.start for s in rem) == sum(counts) % rps
-    seen = [(s.file, r) for step in steps + [rem] for s in step for r in range(s.start, s.stop)]
+    plan = make_plan([Stream("", files)], [(None, [Fraction(1)])], rps, seed=0)
+    assert all(sum(s.stop - s.start for s in step) == rps for step in plan.steps)
+    assert len(plan.steps) == sum(counts) // rps and plan.remainder_rows == [sum(counts) % rps]
+    seen = [(s.file, r) for step in plan.steps + [plan.remainder] for s in step for r in range(s.start, s.stop)]
     assert seen == [(f, r) for f, n in files for r in range(n)]
 
 
-def test_step_tasks_put_the_final_padded_row_last():
-    files = [("final", 5, "final", 1), ("bucket", 1, "b1", 3), ("tail", 4, "t", 1), ("bucket", 0, "b0", 3)]
-    tasks = list(step_tasks(files, 4))
-    assert tasks == [(0, [("b0", 0, 3), ("b1", 0, 1)]), (1, [("b1", 1, 3), ("t", 0, 1), ("final", 0, 1)])]
+DEEPSEEKMATH_7B = [Fraction(56, 100), Fraction(4, 100), Fraction(10, 100), Fraction(20, 100), Fraction(10, 100)]
+
+
+def check_quotas(weights, rows_per_step, n):
+    done = [0] * len(weights)
+    for s, q in zip(range(n), quotas(weights, rows_per_step)):
+        assert sum(q) == rows_per_step and min(q) >= 0
+        for i, w in enumerate(weights):
+            done[i] += q[i]
+            assert abs(done[i] - w * rows_per_step * (s + 1)) < 1, (s, i)
+
+
+@pytest.mark.parametrize("rows_per_step", [1024, 37])
+def test_deepseekmath_7b_quotas_hold_at_every_step_and_prefix(rows_per_step):
+    check_quotas(DEEPSEEKMATH_7B, rows_per_step, 1500)
+    first = next(quotas(DEEPSEEKMATH_7B, 1024))
+    assert first == [574, 41, 102, 205, 102]  # 573.44 / 40.96 / 102.4 / 204.8 / 102.4 on average
+
+
+@given(st.lists(st.integers(0, 40), min_size=1, max_size=7).filter(any), st.integers(1, 40))
+def test_quotas_hold_for_any_weights(raw, rows_per_step):
+    check_quotas([Fraction(x, sum(raw)) for x in raw], rows_per_step, 200)
+
+
+def test_a_short_stream_is_repeated_each_pass_a_fresh_order_of_every_row():
+    stream = Stream("s", [("a", 7), ("b", 5), ("c", 9)])
+    plan = make_plan([stream], [(5, [Fraction(1)])], 10, seed=1)  # 50 rows of 21: 2.38 passes
+    assert plan.used == [50] and plan.remainder == []
+
+    def rows_of(slices):
+        return [(s.file, int(r)) for s in slices for r in
+                ((range(s.start, s.stop)) if s.order < 0 else permutation(dict(stream.files)[s.file], s.order)[s.start:s.stop])]
+
+    taken = rows_of([s for step in plan.steps for s in step])
+    everything = sorted((f, r) for f, n in stream.files for r in range(n))
+    passes = [taken[:21], taken[21:42]]
+    assert sorted(passes[0]) == sorted(passes[1]) == everything
+    assert passes[0] != passes[1]  # a fresh shuffle, not the same order again
+    assert taken[:21] == [(f, r) for f, n in stream.files for r in range(n)]  # pass 0 as stored
+
+
+def test_an_open_stage_stops_before_a_source_runs_out_and_keeps_the_rest():
+    streams = [Stream("a", [("a", 30)]), Stream("b", [("b", 100)])]
+    plan = make_plan(streams, [(None, [Fraction(1, 2), Fraction(1, 2)])], 4, seed=0)
+    assert len(plan.steps) == 15 and plan.used == [30, 30] and plan.remainder_rows == [0, 70]
+
+
+def test_stages_follow_one_another_each_with_its_own_quotas():
+    streams = [Stream("a", [("a", 100)]), Stream("b", [("b", 100)])]
+    plan = make_plan(streams, [(3, [Fraction(3, 4), Fraction(1, 4)]), (2, [Fraction(0), Fraction(1)])], 4, seed=0)
+    assert plan.step_rows == [[3, 1], [3, 1], [3, 1], [0, 4], [0, 4]] and plan.stage_steps == [3, 2]
+    assert plan.steps[3] == [Slice("b", 3, 7)]  # stream b goes on where stage 0 left it
+
+
+def test_a_stream_s_slices_do_not_depend_on_the_other_streams_data():
+    # Ablation pairs: change stream b's files; stream a's rows land in the same steps.
+    a = Stream("a", [("a0", 13), ("a1", 8)])
+    w = [Fraction(1, 3), Fraction(2, 3)]
+    one = make_plan([a, Stream("b", [("b0", 5)])], [(9, w)], 6, seed=4)
+    two = make_plan([a, Stream("b", [("x0", 50), ("x1", 7)])], [(9, w)], 6, seed=4)
+    assert [[s for s in st if s.file.startswith("a")] for st in one.steps] == \
+        [[s for s in st if s.file.startswith("a")] for st in two.steps]
+    assert [q[0] for q in one.step_rows] == [q[0] for q in two.step_rows]
+
+
+def test_permutation_is_a_pinned_seeded_permutation():
+    p = permutation(10, 7)
+    assert sorted(p.tolist()) == list(range(10)) and p.tolist() != list(range(10))
+    assert p.tolist() == permutation(10, 7).tolist() != permutation(10, 8).tolist()
+    assert p.tolist() == PINNED_PERMUTATION  # a change here changes every output's bytes
+
+
+PINNED_PERMUTATION = [0, 2, 4, 9, 6, 7, 8, 5, 1, 3]
 
 
 def test_rows_from_batch_tokens():
@@ -402,3 +472,80 @@ def test_the_tokenizer_runs_on_a_thread_of_its_own_and_gives_the_same_ids():
     assert seen and threading.get_ident() not in seen
     direct = [e.ids for e in real.encode_batch_fast(texts, add_special_tokens=False)]
     assert [a.tolist() for a in got] == [[info.bos_id] + ids + [info.eos_id] for ids in direct]
+
+
+def _jsonl(path, n):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        for i in range(n):
+            f.write(json.dumps({"text": f"{path} record {i}"}) + "\n")
+
+
+def _keys(tmp_path, *patterns):
+    from pipeline.sources import discover
+
+    cfg = build(None, str(tmp_path), {"input": list(patterns), "output": str(tmp_path / "out")})
+    units, _ = discover(cfg)
+    return sorted({(u.key, os.path.relpath(u.path, tmp_path)) for u in units})
+
+
+def test_files_of_the_same_name_in_different_folders_get_different_doc_ids(tmp_path):
+    # `--input a/*.jsonl --input b/*.jsonl`: record n of a/x.jsonl and of b/x.jsonl once got one id.
+    for d in ("a", "b"):
+        _jsonl(str(tmp_path / "corpus" / d / "x.jsonl"), 2)
+    keys = _keys(tmp_path, str(tmp_path / "corpus/a/*.jsonl"), str(tmp_path / "corpus/b/*.jsonl"))
+    assert keys == [("a/x.jsonl", "corpus/a/x.jsonl"), ("b/x.jsonl", "corpus/b/x.jsonl")]
+
+
+def test_doc_id_keys_do_not_change_when_the_corpus_moves(tmp_path):
+    for root in ("one", "two/deeper"):
+        for d in ("a", "b"):
+            _jsonl(str(tmp_path / root / d / "x.jsonl"), 1)
+    first = [k for k, _ in _keys(tmp_path, str(tmp_path / "one/a/*.jsonl"), str(tmp_path / "one/b/*.jsonl"))]
+    moved = [k for k, _ in _keys(tmp_path, str(tmp_path / "two/deeper/a/*.jsonl"),
+                                 str(tmp_path / "two/deeper/b/*.jsonl"))]
+    assert first == moved == ["a/x.jsonl", "b/x.jsonl"]
+    # One glob over the tree: keys relative to the glob's folder, as they always were.
+    assert [k for k, _ in _keys(tmp_path, str(tmp_path / "one/*/x.jsonl"))] == ["a/x.jsonl", "b/x.jsonl"]
+
+
+def test_a_file_matched_twice_is_an_error_naming_it_before_any_work(tmp_path):
+    _jsonl(str(tmp_path / "a" / "x.jsonl"), 1)
+    with pytest.raises(ConfigError, match=r"a/x\.jsonl.*matched by two of the paths"):
+        _keys(tmp_path, str(tmp_path / "a/*.jsonl"), str(tmp_path / "a/x.jsonl"))
+
+
+def _mix(*weights, stages=None, steps=None):
+    file = {"output": "out", "source": [dict({"name": n, "paths": ["x.jsonl"]}, **({"weight": w} if w is not None else {}))
+                                        for n, w in zip("abc", weights)]}
+    if stages is not None:
+        file["stage"] = stages
+    if steps is not None:
+        file["steps"] = steps
+    return build(file, "/base", {})
+
+
+def test_weights_are_exact_normalised_and_on_every_source_or_none():
+    assert _mix(0.56, 0.04, 0.4).mixture() == [(None, [Fraction(14, 25), Fraction(1, 25), Fraction(2, 5)])]
+    assert _mix(3, 1, steps=7).mixture() == [(7, [Fraction(3, 4), Fraction(1, 4)])]
+    assert _mix(None, None).mixture() is None
+    with pytest.raises(ConfigError, match="weight is given for a but not for b"):
+        _mix(1, None)
+    with pytest.raises(ConfigError, match="must be a number >= 0"):
+        _mix(1, -2)
+    with pytest.raises(ConfigError, match="every source weight is 0"):
+        _mix(0, 0)
+
+
+def test_stages_are_checked_and_the_last_may_take_the_remaining_steps():
+    stages = [{"steps": 4, "weights": {"a": 1}}, {"weights": {"a": 1, "b": 3}}]
+    assert _mix(None, None, stages=stages, steps=10).mixture() == [
+        (4, [Fraction(1), Fraction(0)]), (6, [Fraction(1, 4), Fraction(3, 4)])]
+    with pytest.raises(ConfigError, match="only the last stage may leave them out"):
+        _mix(None, None, stages=[{"weights": {"a": 1}}, {"steps": 2, "weights": {"a": 1}}])
+    with pytest.raises(ConfigError, match="not one of a, b"):
+        _mix(None, None, stages=[{"steps": 2, "weights": {"z": 1}}])
+    with pytest.raises(ConfigError, match="both on the sources and in"):
+        _mix(1, 1, stages=[{"steps": 2, "weights": {"a": 1}}])
+    with pytest.raises(ConfigError, match="stages add up to 4"):
+        _mix(None, None, stages=[{"steps": 4, "weights": {"a": 1}}], steps=5)

@@ -33,7 +33,7 @@ def test_prepare_sample_gives_exact_steps_that_decode_to_every_document(tmp_path
     assert rows_digest(out) == GOLDEN_SAMPLE_ROWS
 
 
-GOLDEN_SAMPLE_ROWS = "c1ad2304712ca4b07f9f8ad7ec4bd303dfabe75146b313b661106d06a66f8694"
+GOLDEN_SAMPLE_ROWS = "c2ffca0485198e35937ee3a9fa2ffdb65101a5b4eaef32cef2137867ee642baf"
 
 
 def rows_digest(out: str) -> str:

@@ -1,6 +1,6 @@
 """Helpers for the prepare end-to-end tests: run the CLI, read an output back into documents.
 
-`documents_of(out)` joins every document's pieces (steps in order, then the remainder) and
+`documents_of(out)` gathers every document's pieces (steps, then the remainder; `tile` orders them) and
 `expected_documents(cfg)` reads the inputs again, independently of the Beam job, so the tests
 compare what went in with what came out.
 """
@@ -16,6 +16,7 @@ import pytest
 from pipeline.cli import add_arguments, config_from_args
 from pipeline.plan import doc_id
 from pipeline.sources import Reject, discover, read_unit
+from pipeline.tokenize import split_text
 from pipeline.transforms import drop_reason
 from shards import open_step, read_manifest
 from shards import stats as shards_stats
@@ -49,8 +50,9 @@ def parse(*argv: str):
     return config_from_args(args)
 
 
-def documents_of(out: str) -> tuple[dict[int, np.ndarray], dict[int, int]]:
-    """doc_id -> its tokens joined from every piece in row order; doc_id -> source index."""
+def documents_of(out: str) -> tuple[dict[int, list[np.ndarray]], dict[int, int]]:
+    """doc_id -> its pieces (in the order the steps hold them: rows are shuffled, so not the
+    document's order; `tile` puts them back); doc_id -> source index."""
     m = read_manifest(out)
     pieces: dict[int, list[np.ndarray]] = {}
     sources: dict[int, int] = {}
@@ -66,7 +68,33 @@ def documents_of(out: str) -> tuple[dict[int, np.ndarray], dict[int, int]]:
                     sources[int(d)] = int(s)
                     at += int(n)
                 assert (row[at:] == m.tokenizer.pad_id).all(), f"{rel} row {i}: padding is not pad_id"
-    return {d: np.concatenate(p) for d, p in pieces.items()}, sources
+    return pieces, sources
+
+
+def tile(expected: list[int], pieces: list[np.ndarray]) -> list[int] | None:
+    """The pieces laid end to end in an order that gives `expected` exactly, or None when no order
+    does (each piece used once)."""
+    want = np.asarray(expected)
+    if sum(len(p) for p in pieces) != len(want):
+        return None
+    used = [False] * len(pieces)
+
+    def go(pos: int) -> bool:
+        if pos == len(want):
+            return True
+        tried = set()
+        for i, p in enumerate(pieces):
+            key = (len(p), p.tobytes())
+            if used[i] or key in tried or pos + len(p) > len(want) or not np.array_equal(want[pos:pos + len(p)], p):
+                continue
+            tried.add(key)
+            used[i] = True
+            if go(pos + len(p)):
+                return True
+            used[i] = False
+        return False
+
+    return want.tolist() if go(0) else None
 
 
 def expected_documents(cfg) -> tuple[dict[int, tuple[int, str]], list[Reject]]:
@@ -89,10 +117,16 @@ def check_round_trip(out: str, cfg) -> dict:
     got, got_sources = documents_of(out)
     want, _ = expected_documents(cfg)
     assert set(got) == set(want), f"{len(set(want) - set(got))} documents missing, {len(set(got) - set(want))} extra"
-    for d, tokens in got.items():
+    head = [m.tokenizer.bos_id] if m.tokenizer.add_bos else []
+    tail = [m.tokenizer.eos_id] if m.tokenizer.add_eos else []
+    for d, pieces in got.items():
         source, text = want[d]
         assert got_sources[d] == source
-        ids = tokens.tolist()
+        # The reference encoding (HF tokenizers, the job's piece split); the pieces must tile it.
+        ref = head + [i for p in split_text(text, cfg.piece_chars)
+                      for i in tok.encode(p, add_special_tokens=False).ids] + tail
+        ids = tile(ref, pieces)
+        assert ids is not None, f"the pieces of document {d:016x} do not make up its tokens"
         if m.tokenizer.add_bos:
             assert ids[0] == m.tokenizer.bos_id
             ids = ids[1:]
