@@ -13,8 +13,11 @@ of int64 per step at world size 1. Buffers are recycled round-robin over `prefet
 step's tensors stay valid until the consumer asks for the step after it.
 
 Only the small per-row facts are read besides the tokens: `used` (document tokens, the rest of the
-row is padding) when the step has padding, and `doc_lens` for intra-document attention. Labels,
-positions and masks are built from them where the model runs (`trainer.targets`).
+row is padding) when the step has padding, `doc_lens` for intra-document attention, and `doc_lens`
+with `source` for the per-source loss of a mixture. These are per piece, not per token (a 1024-row
+step of 4096-token rows holds a few thousand pieces: tens of KiB against the tokens' 16 MiB). Labels,
+positions, masks and per-position sources are built from them where the model runs
+(`trainer.targets`).
 """
 
 from __future__ import annotations
@@ -30,9 +33,9 @@ import numpy as np
 import torch
 
 from shards import fs
-from shards.errors import ConfigError
+from shards.errors import ConfigError, FormatError
 from shards.manifest import Manifest
-from shards.reader import open_step
+from shards.reader import StepFile, open_step
 from shards.rows import row_used
 from shards.slicing import rank_micro_batches
 
@@ -48,7 +51,10 @@ class MicroBatch:
     doc_lens: tuple[np.ndarray, np.ndarray] | None
     """(piece_offsets, doc_lens): row i of the micro-batch has the pieces
     doc_lens[piece_offsets[i]:piece_offsets[i + 1]]; views of the step's arrays, so the offsets
-    need not start at 0 (only with attention='doc')."""
+    need not start at 0 (only for attention='doc' or the per-source loss)."""
+    source: np.ndarray | None = None
+    """The step's per-piece source indices (manifest order), parallel to doc_lens and indexed by the
+    same piece_offsets (only for the per-source loss)."""
 
 
 @dataclass
@@ -103,16 +109,27 @@ def total_steps(m: Manifest, steps: int | None, epochs: int) -> int:
     return steps
 
 
+def read_source(f: StepFile, rows: range, name: str, n_sources: int) -> np.ndarray:
+    """The `source` column (uint16 per piece) of `rows`, parallel to `f.read_doc_lens(rows)`,
+    checked against the manifest's sources."""
+    source = f.read_source(rows)
+    if len(source) and int(source.max()) >= n_sources:
+        raise FormatError(f"{name} has a piece of source index {int(source.max())} but the manifest lists "
+                          f"{n_sources} sources; run 'steppack shards verify' on the output")
+    return source
+
+
 class StepStream:
     """Iterate over `StepBatch`es for steps [start, stop) of one rank."""
 
     def __init__(self, data: str, manifest: Manifest, *, rank: int, world_size: int, micro_batch: int,
-                 start: int, stop: int, doc_lens: bool = False, prefetch: int = 1):
+                 start: int, stop: int, doc_lens: bool = False, sources: bool = False, prefetch: int = 1):
         self.data, self.m = data, manifest
         # Raises ConfigError naming rows_per_step, world_size and micro_batch when they do not divide.
         self.micro_rows = rank_micro_batches(manifest.rows_per_step, rank, world_size, micro_batch)
         self.micro_batch = micro_batch
         self.doc_lens, self.prefetch = doc_lens, prefetch
+        self.sources = sources  # read each piece's `source` too (per-source loss); implies doc_lens
         self.start, self.stop = start, stop
         self.rows = range(self.micro_rows[0].start, self.micro_rows[-1].stop)
         n_slots = prefetch + 2
@@ -128,22 +145,25 @@ class StepStream:
         shard = step % self.m.num_steps
         info = self.m.steps[shard]
         buf = self._bufs[slot]
-        need_used = self.doc_lens or info.padding > 0
+        pieces = self.doc_lens or self.sources
+        need_used = pieces or info.padding > 0
         with open_step(fs.join(self.data, info.file)) as f:
             if f.seq_len != self.m.seq_len:
                 raise ConfigError(f"{info.file} has seq_len {f.seq_len}, the manifest says {self.m.seq_len}; "
                                   "run 'steppack shards verify'")
             f.read_tokens_into(self.rows, buf)
-            used, offsets, doc_lens = None, None, None
+            used, offsets, doc_lens, source = None, None, None, None
             if need_used:
                 offsets, doc_lens = f.read_doc_lens(self.rows)
                 used = row_used(offsets, doc_lens)
+            if self.sources:
+                source = read_source(f, self.rows, info.file, len(self.m.sources))
         tokens = torch.from_numpy(buf)
         micro = []
         for rows in self.micro_rows:
             i, j = rows.start - self.rows.start, rows.stop - self.rows.start
             micro.append(MicroBatch(rows, tokens[i:j], None if used is None else used[i:j],
-                                    (offsets[i : j + 1], doc_lens) if self.doc_lens else None))
+                                    (offsets[i : j + 1], doc_lens) if pieces else None, source))
         return StepBatch(step, shard, micro, (time.perf_counter() - t0) * 1e3)
 
     def _produce(self) -> None:

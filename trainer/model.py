@@ -190,3 +190,18 @@ def next_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     """Sum (not mean) of cross-entropy over positions whose label is not IGNORE, in fp32."""
     return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.view(-1),
                            ignore_index=IGNORE, reduction="sum")
+
+
+def next_token_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss sum, per-position losses): the sum exactly as `next_token_loss_sum` computes it, and
+    each position's loss, detached, 0 where the label is IGNORE (a (B*T,) fp32 vector).
+
+    `F.cross_entropy` is `log_softmax` followed by `nll_loss`; done here in two calls, the sum and
+    its gradient are bit for bit those of `next_token_loss_sum`, and the per-position losses are
+    read from the same log-probabilities, so no second (B*T, vocab) array is made."""
+    logp = F.log_softmax(logits.float().view(-1, logits.shape[-1]), dim=-1)
+    flat = labels.view(-1)
+    total = F.nll_loss(logp, flat, ignore_index=IGNORE, reduction="sum")
+    with torch.no_grad():
+        per_position = F.nll_loss(logp.detach(), flat, ignore_index=IGNORE, reduction="none")
+    return total, per_position

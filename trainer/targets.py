@@ -9,8 +9,11 @@ two documents `AAA` `BBBB` and one padding token P::
     doc        A1 A2 -  B1 B2 B3 -  -      (no prediction across documents)
     positions  0  1  2  0  1  2  3  0      (doc only; causal uses 0..T-1)
     doc_ids    0  0  0  1  1  1  1  2      (padding gets a block of its own)
+    sources    a  a  a  b  b  b  b  -1     (A from source a, B from b; only for per-source loss)
 
 With attention='doc' a row is then computed exactly as its documents would be one by one.
+A label counts for the source of the position it is predicted *from* (its input position): in the
+causal row above, the label B0 at position 2 is a's (see `trainer.source_loss`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,26 @@ from .data import MicroBatch
 from .model import IGNORE
 
 
+def _blocks(offsets: np.ndarray, lens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """(block lengths, is_pad) of m rows whose pieces are `lens[offsets[i]:offsets[i+1]]` (offsets
+    from 0): each row is its pieces followed by one padding block (possibly empty), in row order."""
+    m = len(offsets) - 1
+    used = row_used(offsets, lens)
+    pad_at = offsets[1:] + np.arange(m)  # index of row i's padding block among all blocks
+    blocks = np.empty(len(lens) + m, np.int64)
+    is_pad = np.zeros(len(blocks), bool)
+    is_pad[pad_at] = True
+    blocks[is_pad] = seq_len - used
+    blocks[~is_pad] = lens
+    return blocks, is_pad
+
+
+def _rebased(offsets, pieces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets from 0, the micro-batch's slice of a step-wide per-piece array)."""
+    offsets = np.asarray(offsets, np.int64)
+    return offsets - offsets[0], np.asarray(pieces[offsets[0] : offsets[-1]])
+
+
 def doc_layout(offsets: np.ndarray, doc_lens: np.ndarray, seq_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(doc_ids, positions, last) of m rows whose pieces are `doc_lens[offsets[i]:offsets[i+1]]`
     (offsets need not start at 0: a micro-batch's are a view of its step's).
@@ -31,27 +54,31 @@ def doc_layout(offsets: np.ndarray, doc_lens: np.ndarray, seq_len: int) -> tuple
     doc_ids and positions are (m, seq_len); `last` holds the flat indices (row * seq_len + column)
     of the positions that end a document piece. Vectorized over the rows: each row is its pieces
     followed by one padding block (possibly empty), and ids/positions restart per block."""
-    offsets = np.asarray(offsets, np.int64)
-    lens = np.asarray(doc_lens[offsets[0] : offsets[-1]], np.int64)
-    offsets = offsets - offsets[0]
+    offsets, lens = _rebased(offsets, doc_lens)
+    lens = lens.astype(np.int64)
     m = len(offsets) - 1
-    pieces = np.diff(offsets)
-    used = row_used(offsets, lens)
-    # Blocks: row i's pieces, then its padding block, in row order.
-    pad_at = offsets[1:] + np.arange(m)  # index of row i's padding block among all blocks
-    blocks = np.empty(len(lens) + m, np.int64)
-    is_pad = np.zeros(len(blocks), bool)
-    is_pad[pad_at] = True
-    blocks[is_pad] = seq_len - used
-    blocks[~is_pad] = lens
+    blocks, is_pad = _blocks(offsets, lens, seq_len)
+    pad_at = np.flatnonzero(is_pad)
     first_block = np.concatenate([[0], pad_at[:-1] + 1])  # each row's first block
-    block_row = np.repeat(np.arange(m), pieces + 1)
+    block_row = np.repeat(np.arange(m), np.diff(offsets) + 1)
     doc_ids = np.repeat(np.arange(len(blocks)) - first_block[block_row], blocks).reshape(m, seq_len)
     starts = np.cumsum(blocks) - blocks  # flat start of each block
     positions = (np.arange(m * seq_len) - np.repeat(starts, blocks)).reshape(m, seq_len)
     # A piece's last token in flat (row * seq_len + column) terms: its start plus its length - 1.
     last = starts[~is_pad] + lens - 1
     return doc_ids, positions, last
+
+
+def position_sources(offsets: np.ndarray, doc_lens: np.ndarray, source: np.ndarray, seq_len: int,
+                     *, pad: int = -1) -> np.ndarray:
+    """(m, seq_len) int64: the source index (`source`, parallel to `doc_lens`) of the piece holding
+    each position; `pad` on padding. Offsets as for `doc_layout`; vectorized the same way."""
+    _, src = _rebased(offsets, source)  # the same pieces as doc_lens
+    offsets, lens = _rebased(offsets, doc_lens)
+    blocks, is_pad = _blocks(offsets, lens.astype(np.int64), seq_len)
+    value = np.full(len(blocks), pad, np.int64)
+    value[~is_pad] = src
+    return np.repeat(value, blocks).reshape(len(offsets) - 1, seq_len)
 
 
 def make_targets(mb: MicroBatch, *, doc: bool, device: torch.device):

@@ -7,6 +7,8 @@ because DDP averages gradients over ranks. So the gradient is the same whatever 
 and micro-batch: changing either between restarts changes only float summation order.
 
 Per step, rank 0 appends a JSON line to --metrics and prints a progress line; at the end, a summary.
+When the manifest lists more than one source, the line also carries each source's mean loss and label
+count (`trainer.source_loss`), carried by the same two all-reduces.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from shards.manifest import read_manifest
 from . import checkpoint, dist
 from .config import TrainConfig
 from .data import StepStream, check_model_fits_data, manifest_identity, total_steps
-from .model import IGNORE, Decoder, next_token_loss_sum, preset
+from .model import IGNORE, Decoder, next_token_losses, preset
 from .optim import Schedule, make_optimizer, set_lr
+from .source_loss import label_sources, source_counts, source_fields, source_sums
 from .targets import make_targets, row_digest
 
 
@@ -64,7 +67,8 @@ def _run(cfg: TrainConfig, d: dist.Dist) -> dict:
     # Made first: a micro-batch that does not divide the rows fails here with its message, before any
     # collective; and the first step is read while the model is built and the checkpoint loaded.
     stream = StepStream(cfg.data, m, rank=d.rank, world_size=d.world_size, micro_batch=cfg.micro_batch,
-                        start=start, stop=stop, doc_lens=cfg.attention == "doc", prefetch=cfg.prefetch)
+                        start=start, stop=stop, doc_lens=cfg.attention == "doc", sources=len(m.sources) > 1,
+                        prefetch=cfg.prefetch)
     stream.start_prefetch()
     try:
         return _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say)
@@ -91,6 +95,8 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
     ddp = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.initialized else None
     step_model = ddp or model
     doc = cfg.attention == "doc"
+    names = [src.name for src in m.sources]
+    n_src = len(names) if stream.sources else 0  # one source: nothing per source to log
     n_micro = len(stream.micro_rows)
     tokens_per_step = m.rows_per_step * m.seq_len
     if start < stop:
@@ -110,25 +116,33 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
             lr = schedule.lr(s)
             set_lr(optimizer, lr)
             targets = [make_targets(mb, doc=doc, device=d.device) for mb in batch.micro]
-            # Global label count (the loss denominator) and the step's data fingerprint, in one collective.
+            srcs = [label_sources(mb, lab) for mb, (_, lab, _, _) in zip(batch.micro, targets)] if n_src else []
+            # Global label count (the loss denominator), the step's data fingerprint and the label
+            # count of each source (mixtures), in one collective.
             counts = torch.stack([
                 sum((lab != IGNORE).sum() for _, lab, _, _ in targets),
                 sum(row_digest(mb, tok) for mb, (tok, _, _, _) in zip(batch.micro, targets)),
             ])
+            if n_src:
+                counts = torch.cat([counts, torch.stack([source_counts(src, n_src) for src in srcs]).sum(0)])
             dist.all_reduce_sum(counts, d)
             n_labels, digest = max(int(counts[0]), 1), int(counts[1])
-            loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+            # [loss sum, loss sum of each source]: one float64 vector, one collective after the step.
+            loss_sum = torch.zeros(1 + n_src, dtype=torch.float64, device=d.device)
             for j, (tok, lab, pos, ids) in enumerate(targets):
                 sync = ddp is None or j == n_micro - 1
                 with (contextlib.nullcontext() if sync else ddp.no_sync()), _autocast(cfg, d.device):
-                    loss = next_token_loss_sum(step_model(tok, pos, ids), lab)
+                    loss, per_position = next_token_losses(step_model(tok, pos, ids), lab)
                 (loss * (d.world_size / n_labels)).backward()
-                loss_sum += loss.detach().double()
+                loss_sum[0] += loss.detach().double()
+                if n_src:
+                    loss_sum[1:] += source_sums(per_position, srcs[j], n_src)
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            step_loss = float(dist.all_reduce_sum(loss_sum, d)) / n_labels
+            dist.all_reduce_sum(loss_sum, d)
+            step_loss = float(loss_sum[0]) / n_labels
             done = s + 1
             if cfg.ckpt_dir and (done == stop or (cfg.ckpt_every and done % cfg.ckpt_every == 0)):
                 ckpt_path = _save(cfg, d, model, optimizer, schedule, mcfg, manifest_id, done)
@@ -142,6 +156,8 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
                    "tokens_per_s": round(tokens_per_step / (step_ms / 1e3), 1), "data_wait_ms": round(wait_ms, 3),
                    "read_ms": round(batch.read_ms, 3), "step_ms": round(step_ms, 3), "label_tokens": n_labels,
                    "shard": batch.shard, "data_digest": digest, "world_size": d.world_size}
+            if n_src:
+                rec.update(source_fields(names, loss_sum[1:].tolist(), counts[2:].tolist()))
             if metrics:
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
@@ -166,6 +182,8 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
                                         if len(step_times) > 1 else None),
         "checkpoint": ckpt_path, "world_size": d.world_size,
     }
+    if n_src:  # mirrors last_loss; every step's figures are in the metrics file
+        summary["last_source_loss"] = rec["source_loss"] if losses else None
     if d.is_main:
         if losses:
             print(f"done: steps {start}..{start + len(losses) - 1} of {total} in {wall:.1f} s, loss "
