@@ -29,7 +29,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -40,6 +40,7 @@ from shards import (
     Manifest, MixtureInfo, RowBlock, SourceInfo, StageInfo, TokenizerInfo, fs, open_step, write_manifest, write_step,
 )
 from shards.format import REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, step_file_name
+from shards.writer import write_blocks
 
 from . import buckets as bk
 from .config import JobConfig
@@ -545,19 +546,24 @@ def read_slice(f, lo: int, hi: int, order: int) -> RowBlock:
     return f.read().take(permutation(f.num_rows, order)[lo:hi])
 
 
+def read_slices(job: Job, slices) -> Iterator[RowBlock]:
+    """The rows of each (row file, start, stop, order) slice, one file open at a time."""
+    for rel, lo, hi, order in slices:
+        with open_step(fs.join(job.out, rel)) as f:
+            yield read_slice(f, lo, hi, order)
+
+
 def write_one_step(task, job: Job) -> dict:
     step, slices, source_rows, shuffle = task
-    files = [open_step(fs.join(job.out, rel)) for rel, *_ in slices]
-    try:
-        block = RowBlock.concat([read_slice(f, lo, hi, order) for f, (_, lo, hi, order) in zip(files, slices)])
+    kw = dict(seq_len=job.cfg.seq_len, dtype=job.dtype, compression=job.cfg.compression)
+    if step < 0:
+        # The remainder can hold any number of rows (a mixture's unused rows): streamed, a slice at a time.
+        info = write_blocks(job.out, REMAINDER_FILE, read_slices(job, slices), step=None, **kw)
+    else:
+        block = RowBlock.concat(list(read_slices(job, slices)))
         if shuffle is not None:
             block = block.take(permutation(block.num_rows, shuffle))
-        rel = step_file_name(step) if step >= 0 else REMAINDER_FILE
-        info = write_step(job.out, rel, block, seq_len=job.cfg.seq_len, dtype=job.dtype,
-                          step=step if step >= 0 else None, compression=job.cfg.compression)
-    finally:
-        for f in files:
-            f.close()
+        info = write_step(job.out, step_file_name(step), block, step=step, **kw)
     Metrics.counter(NS, "steps_written" if step >= 0 else "remainder_rows").inc(1 if step >= 0 else info.rows)
     return {"step": step, **dataclasses.asdict(replace(info, source_rows=source_rows))}
 

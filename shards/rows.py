@@ -75,6 +75,12 @@ class RowBlock:
 
         return cls(tokens, offsets, flat(1, np.int32), flat(2, np.uint64), flat(3, np.uint16))
 
+    def slice(self, lo: int, hi: int) -> "RowBlock":
+        """Rows [lo, hi) (views, offsets rebased to 0)."""
+        p0, p1 = int(self.piece_offsets[lo]), int(self.piece_offsets[hi])
+        return RowBlock(self.tokens[lo:hi], self.piece_offsets[lo:hi + 1] - p0, self.doc_lens[p0:p1],
+                        self.doc_ids[p0:p1], self.source[p0:p1])
+
     def take(self, rows: np.ndarray) -> "RowBlock":
         """The rows at the given indices, in that order (a copy)."""
         rows = np.asarray(rows, np.int64)

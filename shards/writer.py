@@ -3,12 +3,14 @@
 The bytes depend only on the rows, seq_len, dtype, step and compression, so a retried write
 produces an identical file. `write_step` streams the file to its destination (atomically),
 hashing it on the way: the rows are never held twice (a bucket's row file in the prepare job is
-tens of MB). `encode_step` gives the same bytes in memory.
+tens of MB). `write_blocks` does the same for rows that come in several blocks, holding one record
+batch at a time; `encode_step` gives the same bytes in memory.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -52,30 +54,48 @@ def to_table(rows: RowBlock, seq_len: int, dtype: str, step: int | None = None,
     return pa.Table.from_arrays(cols, schema=schema)
 
 
-class _Encoding:
-    """A checked step file to be written: its table, write options and batch size."""
+def _encode(sink, blocks: Iterable[RowBlock], *, seq_len: int, dtype: str, step: int | None = None,
+            compression: str | None = None, batch_rows: int | None = None) -> tuple[int, int, int, list]:
+    """Write the blocks' rows to `sink` as one step file, a record batch of `batch_rows` rows at a
+    time (the last one shorter), each checked first; returns (rows, document tokens, pieces, the
+    distinct doc ids of each batch)."""
+    if compression not in COMPRESSIONS:
+        raise FormatError(f"compression {compression!r} is not one of {COMPRESSIONS}")
+    batch_rows = default_batch_rows(seq_len, dtype) if batch_rows is None else batch_rows
+    if batch_rows <= 0:
+        raise FormatError(f"batch_rows must be >= 1, got {batch_rows}")
+    rows = tokens = pieces = 0
+    ids: list[np.ndarray] = []
+    with pa.ipc.new_file(sink, step_schema(seq_len, dtype, step, batch_rows),
+                         options=pa.ipc.IpcWriteOptions(compression=compression)) as w:
+        def put(block: RowBlock) -> None:
+            nonlocal rows, tokens, pieces
+            # One table per record batch: pyarrow's own chunking of a larger table writes sliced
+            # list columns with other padding, so the bytes would depend on how the rows arrived.
+            for lo in range(0, max(1, block.num_rows), batch_rows):
+                w.write_table(to_table(block.slice(lo, min(lo + batch_rows, block.num_rows)), seq_len, dtype, step,
+                                       batch_rows))
+            rows, tokens, pieces = rows + block.num_rows, tokens + int(block.row_used().sum()), pieces + len(block.doc_lens)
+            ids.append(np.unique(block.doc_ids))
 
-    def __init__(self, rows: RowBlock, *, seq_len: int, dtype: str, step: int | None,
-                 compression: str | None = None, batch_rows: int | None = None):
-        if compression not in COMPRESSIONS:
-            raise FormatError(f"compression {compression!r} is not one of {COMPRESSIONS}")
-        self.batch_rows = default_batch_rows(seq_len, dtype) if batch_rows is None else batch_rows
-        if self.batch_rows <= 0:
-            raise FormatError(f"batch_rows must be >= 1, got {self.batch_rows}")
-        check_rows(rows, seq_len, dtype)
-        self.table = to_table(rows, seq_len, dtype, step, self.batch_rows)
-        self.options = pa.ipc.IpcWriteOptions(compression=compression)
-
-    def write(self, sink) -> None:
-        with pa.ipc.new_file(sink, self.table.schema, options=self.options) as w:
-            w.write_table(self.table, max_chunksize=self.batch_rows)
+        pending = None
+        for block in blocks:
+            check_rows(block, seq_len, dtype)
+            pending = block if pending is None else RowBlock.concat([pending, block])
+            full = pending.num_rows - pending.num_rows % batch_rows
+            if full:
+                put(pending.slice(0, full))
+                pending = pending.slice(full, pending.num_rows)
+        if pending is not None and (pending.num_rows or not rows):
+            put(pending)  # the last, shorter batch; or an empty file's empty table
+    return rows, tokens, pieces, ids
 
 
 def encode_step(rows: RowBlock, **kwargs) -> bytes:
     """The bytes `write_step` writes, in memory. kwargs: seq_len, dtype, step (None for the
     remainder file), compression, batch_rows."""
     sink = pa.BufferOutputStream()
-    _Encoding(rows, **kwargs).write(sink)
+    _encode(sink, [rows], **kwargs)
     return sink.getvalue().to_pybytes()
 
 
@@ -116,13 +136,21 @@ class _Hashing:
         self.closed = True
 
 
-def write_step(out: str, rel: str, rows: RowBlock, **kwargs) -> FileInfo:
-    """Write rows to `out/rel` (atomically) and return what the manifest records of the file.
-
-    kwargs as for `encode_step`.
-    """
-    encoding = _Encoding(rows, **kwargs)  # refused rows never open the destination
+def write_blocks(out: str, rel: str, blocks: Iterable[RowBlock], *, seq_len: int, **kwargs) -> FileInfo:
+    """Write rows that come in blocks to `out/rel` (atomically), streamed and hashed on the way, and
+    return what the manifest records of the file. Only one record batch and the block being read
+    are held: the prepare job's remainder can hold any number of rows. kwargs: dtype, step (None
+    for the remainder file), compression, batch_rows."""
     with fs.atomic_output(fs.join(out, rel)) as f:
         sink = _Hashing(f)
-        encoding.write(pa.PythonFile(sink, mode="w"))
-    return _info(rel, rows, sink.size, sink.digest)
+        rows, tokens, pieces, ids = _encode(pa.PythonFile(sink, mode="w"), blocks, seq_len=seq_len, **kwargs)
+    return FileInfo(file=rel, rows=rows, tokens=tokens, padding=rows * seq_len - tokens,
+                    documents=len(np.unique(np.concatenate(ids))) if ids else 0, pieces=pieces,
+                    bytes=sink.size, sha256=sink.digest.hexdigest())
+
+
+def write_step(out: str, rel: str, rows: RowBlock, **kwargs) -> FileInfo:
+    """Write rows to `out/rel` (atomically) and return what the manifest records of the file.
+    A refused row block never opens the destination. kwargs as for `encode_step`."""
+    check_rows(rows, kwargs["seq_len"], kwargs["dtype"])
+    return write_blocks(out, rel, [rows], **kwargs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import dataclasses
 import os
 
 import numpy as np
@@ -263,3 +264,22 @@ def test_take_gives_the_chosen_rows_in_the_chosen_order(block_seq_dtype, data):
     picks = data.draw(st.lists(st.integers(0, max(0, n - 1)), max_size=12)) if n else []
     expected = RowBlock.concat([_slice(block, i, i + 1) for i in picks]) if picks else _slice(block, 0, 0)
     assert_blocks_equal(block.take(np.array(picks, np.int64)), expected)
+
+
+@settings(max_examples=40, deadline=None)
+@given(row_blocks(), st.integers(1, 7), st.sampled_from([None, "zstd"]), st.data())
+def test_write_blocks_gives_write_step_s_bytes_for_the_rows_in_any_blocks(tmp_path_factory, block_seq_dtype,
+                                                                           batch_rows, compression, data):
+    from shards.writer import write_blocks
+
+    block, seq_len, dtype = block_seq_dtype
+    cuts = sorted(data.draw(st.lists(st.integers(0, block.num_rows), max_size=4)))
+    bounds = [0] + cuts + [block.num_rows]
+    parts = [block.slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    out = str(tmp_path_factory.mktemp("blocks"))
+    kw = dict(seq_len=seq_len, dtype=dtype, step=None, compression=compression, batch_rows=batch_rows)
+    info = write_blocks(out, "r.arrow", iter(parts), **kw)
+    assert open(os.path.join(out, "r.arrow"), "rb").read() == encode_step(block, **kw)
+    assert dataclasses.replace(info, file="s.arrow") == write_step(out, "s.arrow", block, **kw)
+    assert (info.rows, info.documents, info.pieces, info.tokens) == (
+        block.num_rows, len(np.unique(block.doc_ids)), len(block.doc_lens), int(block.row_used().sum()))
