@@ -44,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--min-chars", type=int, help=h("min_chars"))
     g.add_argument("--max-chars", type=int, help=h("max_chars"))
     g.add_argument("--piece-chars", type=int, help=h("piece_chars"))
+    g.add_argument("--tokenizer-engine", choices=["auto", "fast", "hf"], help=h("tokenizer_engine") + " (default auto)")
+    g.add_argument("--verify-tokenizer", metavar="all|none|1/N", help=h("verify_tokenizer") + " (default 1/1000)")
     g = parser.add_argument_group("shuffle and packing")
     g.add_argument("--seed", type=int, help=h("seed") + " (default 0)")
     g.add_argument("--packing", choices=[p.value for p in Packing],
@@ -52,15 +54,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--bucket-mb", type=int, help=h("bucket_mb") + " (default 8)")
     g.add_argument("--unit-mb", type=float, help=h("unit_mb") + " (default 1)")
     g = parser.add_argument_group("running")
-    g.add_argument("--workers", type=int, help=h("workers") + " (default 2)")
+    g.add_argument("--workers", type=int, help=h("workers") + " (default: this machine's cores)")
     g.add_argument("--quiet", action="store_true", help="no progress line and no summary")
-    # The console command ends without Beam's interpreter teardown (steppack.cli.entry).
-    parser.set_defaults(exit_without_teardown=True)
 
 
 FLAG_KEYS = ("input", "text_field", "format", "output", "seq_len", "rows_per_step", "global_batch_tokens",
              "compression", "overwrite", "tokenizer", "specials", "bos_token", "eos_token", "min_chars",
-             "max_chars", "piece_chars", "seed", "packing", "bucket_mb", "unit_mb", "workers", "steps")
+             "max_chars", "piece_chars", "seed", "packing", "bucket_mb", "unit_mb", "workers", "steps",
+             "tokenizer_engine", "verify_tokenizer")
 
 
 def config_from_args(args) -> JobConfig:
@@ -74,15 +75,7 @@ def config_from_args(args) -> JobConfig:
 
 def main(args) -> int:
     cfg = config_from_args(args)
-    beam_args = list(getattr(args, "unknown", []) or [])
-    # The local workers' zygote (warm.py) starts before this process imports numpy, pyarrow and
-    # Beam (~1 s): it loads the tokenizer and Beam's worker on the other core meanwhile.
-    from .warm import Zygote
-    from .worker import quiet_grpc
-
-    quiet_grpc()  # before any process that loads gRPC starts, this one included
-    zygote = Zygote.for_job(cfg, beam_args)
     from .run import run
 
-    run(cfg, beam_args, quiet=args.quiet, zygote=zygote)
+    run(cfg, list(getattr(args, "unknown", []) or []), quiet=args.quiet)
     return 0

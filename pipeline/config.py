@@ -160,13 +160,19 @@ class JobConfig:
     """Drop documents with more characters (0: no limit)."""
     piece_chars: int = 1 << 20
     """A document longer than this is tokenized in pieces of at most this many characters."""
+    tokenizer_engine: str = "auto"
+    """auto: the exact fast engine (fastokens) when it gives tokenizers' ids on a built-in probe,
+    else HF tokenizers with a warning; fast: that engine or an error; hf: HF tokenizers only."""
+    verify_tokenizer: str = "1/1000"
+    """Documents the fast engine's ids are checked on against HF tokenizers during the job (a
+    mismatch is written with tokenizers' ids and counted): all, none, or 1/N (seeded by doc id)."""
     bucket_mb: int = 8
     """Input megabytes per shuffle bucket: memory per worker is bounded by one bucket."""
     unit_mb: float = 1.0
     """Input megabytes (uncompressed estimate) per read task: smaller spreads work more evenly."""
     compression: str | None = None
     """Step file buffer compression: none (zero-copy memory map) or zstd."""
-    workers: int = 2
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     """Local worker processes (the local runner only)."""
     overwrite: bool = False
     """Replace an output that already holds a complete manifest."""
@@ -194,6 +200,11 @@ class JobConfig:
             raise ConfigError("min-chars and max-chars must be >= 0 (0 means no limit)")
         if self.max_chars and self.min_chars > self.max_chars:
             raise ConfigError(f"min-chars {self.min_chars} is above max-chars {self.max_chars}; swap or drop one")
+        from .engines import ENGINES, Guard
+
+        if self.tokenizer_engine not in ENGINES:
+            raise ConfigError(f"tokenizer-engine {self.tokenizer_engine!r} is not one of {', '.join(ENGINES)}")
+        Guard.parse(self.verify_tokenizer)  # raises on a malformed value
         if self.compression not in (None, "zstd"):
             raise ConfigError(f"compression {self.compression!r} is not 'none' or 'zstd'")
         if not 0 <= self.seed < 1 << 64:
@@ -404,4 +415,3 @@ def _field_docs(cls) -> dict[str, str]:
             if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name)
             and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant)}
 
-del field

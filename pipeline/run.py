@@ -1,9 +1,10 @@
 """Launching the job: checks before any work, the runner, a live progress line, the summary.
 
-Locally the runner is Beam's FnApiRunner with `--workers` SDK worker processes (`pipeline.worker`),
-named explicitly: in Beam 2.77 the default DirectRunner first tries to download the Prism binary,
-which an offline machine would wait on. Any other `--runner` (DataflowRunner, PortableRunner)
-comes with the flags Beam's PipelineOptions take.
+Locally the runner is Beam's FnApiRunner with `--workers` SDK worker processes, as its
+`multi_processing` mode starts them (through `pipeline.worker`, which only quiets their terminal
+output), each tokenizing with cores // workers threads. It is named explicitly: in Beam 2.77 the default DirectRunner
+first tries to download the Prism binary, which an offline machine would wait on. Any other
+`--runner` (DataflowRunner, PortableRunner) comes with the flags Beam's PipelineOptions take.
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from shards.format import MANIFEST_NAME, REJECTS_DIR, REMAINDER_FILE, REPORT_NAM
 from . import buckets as bk
 from .config import JobConfig
 from .sources import discover
-from .tokenize import RAYON_THREADS, tokenizer_info
-from .warm import Zygote
-from .worker import import_beam, quiet_grpc, quiet_logging
+from .logs import quiet_grpc, quiet_logging
+from . import engines
+from .tokenize import THREADS_ENV, tokenizer_info, tokenizer_json
 
 
 def check_output(cfg: JobConfig) -> None:
@@ -68,8 +69,8 @@ def pipeline_options(cfg: JobConfig, beam_args: list[str]):
         # inference over its ~180 transforms took 0.15-0.3 s of the launcher's start-up.
         options.view_as(TypeOptions).pipeline_type_check = False
     if runner is None:
-        # `--workers` worker processes of our own command (make_runner); the running mode stays
-        # in_memory, else Beam would replace that command with its own.
+        # `--workers` processes of Beam's SDK harness (make_runner), as its multi_processing mode
+        # starts them, through pipeline.worker so that they print errors only.
         options.view_as(DirectOptions).direct_num_workers = cfg.workers
     elif "Dataflow" in runner:
         # Remote workers see neither the launcher's disk nor its working directory.
@@ -92,6 +93,15 @@ def make_runner(runner_name):
 
         return FnApiRunner(default_environment=SubprocessSDKEnvironment.from_command_string(command()))
     return None  # Beam resolves --runner itself
+
+
+def tokenizer_threads(cfg: JobConfig) -> None:
+    """Tokenizer threads per local worker process: the cores shared out among the workers (one
+    each when there are as many workers as cores), set in the environment the worker processes
+    inherit; a user's own setting is kept. Remote workers keep their engines' defaults."""
+    threads = str(max(1, (os.cpu_count() or 1) // cfg.workers))
+    for name in THREADS_ENV:
+        os.environ.setdefault(name, threads)
 
 
 class Progress(threading.Thread):
@@ -136,6 +146,14 @@ class Progress(threading.Thread):
             print(file=self.stream)
 
 
+def tokenizer_line(t: dict) -> str:
+    line = f"  tokenizer  {t['name']} engine ({t['library']} {t['version']})"
+    if t["name"] == "fast":
+        line += (f"; {t['checked']:,} documents checked against HF tokenizers, "
+                 f"{t['mismatches']:,} mismatches (written with tokenizers' ids)")
+    return line
+
+
 def summary(report: dict, out: str) -> str:
     d, t, r = report["documents"], report["tokens"], report["rows"]
     drops = ", ".join(f"{k} {v:,}" for k, v in sorted(d["dropped_by_reason"].items())) or "none"
@@ -150,6 +168,7 @@ def summary(report: dict, out: str) -> str:
         f"{report['documents_cut_across_rows']:,} ({report['cuts']:,} cuts); rejects {report['rejects']:,} (in {REJECTS_DIR}/)",
         f"  time       {report['wall_seconds']:.1f}s, {report['tokens_per_second'] / 1e6:.2f}M tokens/s "
         f"({report['workers']} workers, {report['buckets']} buckets)",
+        tokenizer_line(report["tokenizer"]),
     ]
     asked = report.get("steps_asked")
     if asked and report["steps"] < asked:
@@ -182,26 +201,13 @@ def mixture_lines(mix: dict | None, rows_per_step: int) -> list[str]:
     return lines
 
 
-def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = False,
-        zygote: Zygote | None = None) -> dict:
-    """Run the job to completion and return report.json's contents. `zygote`: one the caller
-    started for this job (Zygote.for_job), closed here; without it, run() starts one."""
+def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = False) -> dict:
+    """Run the job to completion and return report.json's contents."""
     started = time.time()
     beam_args = list(beam_args or [])
-    quiet_grpc()  # before this process loads gRPC or starts a worker (pipeline.cli does it earlier)
-    # The local runner's workers warm up (Beam's worker, the tokenizer) while this process imports
-    # Beam and plans the job; see warm.py. Other runners start their own workers.
-    zygote = zygote or Zygote.for_job(cfg, beam_args)
-    try:
-        return _run(cfg, beam_args, quiet, started, zygote)
-    finally:
-        if zygote:
-            zygote.close()
-
-
-def _run(cfg: JobConfig, beam_args: list[str], quiet: bool, started: float, zygote: Zygote | None) -> dict:
+    quiet_grpc()  # before this process loads gRPC or starts a worker
     quiet_logging()  # before Beam's imports, which log through the root logger
-    beam = import_beam()
+    import apache_beam as beam
 
     from .transforms import Job, Prepare, make_groups
 
@@ -215,13 +221,16 @@ def _run(cfg: JobConfig, beam_args: list[str], quiet: bool, started: float, zygo
 
     FileSystems.set_options(options)
     # Checks that stop the job before any work: tokenizer, inputs, output.
-    info = tokenizer_info(cfg, zygote.tokenizer_facts() if zygote else None)
+    info = tokenizer_info(cfg)
+    engine, warning = engines.choose(cfg.tokenizer_engine, tokenizer_json(cfg))
+    if warning:
+        logging.getLogger("steppack.prepare").warning(warning)
     units, source_bytes = discover(cfg)
     check_output(cfg)
     job = Job(cfg=cfg, tokenizer=info, dtype=dtype_for_vocab(info.vocab_size),
-              groups=make_groups(cfg, source_bytes), started=started, input_bytes=sum(source_bytes))
-    # Tokenizer threads per worker process (see tokenize.py); SDK worker subprocesses inherit it.
-    os.environ.setdefault("RAYON_NUM_THREADS", RAYON_THREADS)
+              groups=make_groups(cfg, source_bytes), engine=engine, started=started, input_bytes=sum(source_bytes))
+    if runner_name is None:
+        tokenizer_threads(cfg)
     progress = Progress(cfg.output, started) if fs.is_local(cfg.output) and not quiet else None
     if progress:
         progress.start()

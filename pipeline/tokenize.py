@@ -8,10 +8,7 @@ sees the whole document; byte-level BPE decodes the joined ids back to the exact
 
 from __future__ import annotations
 
-import array
-import concurrent.futures
 import hashlib
-import os
 
 import numpy as np
 
@@ -19,8 +16,8 @@ from shards import TokenizerInfo, dtype_for_vocab
 from shards import tokenizer as shtok
 from shards.errors import ConfigError
 
+from . import engines
 from .config import JobConfig, Specials
-from .cores import PARALLELISM, CoreWatch
 
 
 def _token_id(tok, token: str, what: str, name: str) -> int:
@@ -30,29 +27,10 @@ def _token_id(tok, token: str, what: str, name: str) -> int:
     return i
 
 
-class TokenizerFacts:
-    """What `tokenizer_info` asks of a tokenizer, found by another process that loaded it (the
-    zygote, warm.py), so that the launcher need not load it too (~0.4 s on its critical path)."""
-
-    def __init__(self, vocab_size: int, ids: dict[str, int | None]):
-        self.vocab_size, self.ids = vocab_size, ids
-
-    @classmethod
-    def of(cls, tok, tokens: list[str]) -> "TokenizerFacts":
-        return cls(tok.get_vocab_size(with_added_tokens=True), {t: tok.token_to_id(t) for t in tokens})
-
-    def token_to_id(self, token: str) -> int | None:
-        return self.ids[token]
-
-    def get_vocab_size(self, with_added_tokens: bool = True) -> int:
-        return self.vocab_size
-
-
-def tokenizer_info(cfg: JobConfig, tok=None) -> TokenizerInfo:
-    """The manifest's tokenizer identity for the job. `tok` is the loaded tokenizer or its
-    TokenizerFacts; without it the tokenizer is loaded here (InputError if it can't be)."""
+def tokenizer_info(cfg: JobConfig) -> TokenizerInfo:
+    """The manifest's tokenizer identity for the job (InputError if the tokenizer can't be loaded)."""
     path = shtok.resolve_path(cfg.tokenizer)
-    tok = tok if tok is not None else shtok.load(cfg.tokenizer)
+    tok = shtok.load(cfg.tokenizer)
     preset_bos, preset_eos = shtok.special_ids(cfg.tokenizer, tok)
     bos = _token_id(tok, cfg.bos_token, "BOS", cfg.tokenizer) if cfg.bos_token else preset_bos
     eos = _token_id(tok, cfg.eos_token, "EOS", cfg.tokenizer) if cfg.eos_token else preset_eos
@@ -103,88 +81,66 @@ def split_text(text: str, piece_chars: int) -> list[str]:
     return pieces
 
 
-RAYON_THREADS = "2"
-"""The tokenizer's threads per worker process (RAYON_NUM_THREADS, unless set); both run only
-while a core is spare, else one (cores.py: one process per core, each with two threads busy,
-took 9% longer than one thread each)."""
-
-_LOADED: dict[str, object] = {}
-"""Tokenizers this process has loaded, by the sha256 of their JSON: what a zygote preloads."""
+THREADS_ENV = ("RAYON_NUM_THREADS", "FASTOKENS_BPE_THREADS")
+"""The engines' thread-count settings, which the launcher sets for the local workers (run.py)."""
 
 
-def _by_content(json_bytes: bytes, where: str):
-    sha = hashlib.sha256(json_bytes).hexdigest()
-    if sha not in _LOADED:
-        from tokenizers import Tokenizer
-
-        try:
-            _LOADED[sha] = Tokenizer.from_str(json_bytes.decode("utf-8"))
-        except Exception as exc:  # tokenizers raises a bare Exception for malformed JSON
-            raise ConfigError(f"cannot load tokenizer {where}: {exc}") from exc
-    return _LOADED[sha], sha
-
-
-def preload(name: str):
-    """Load tokenizer `name` (preset or path) into this process ahead of DocTokenizer and return
-    it; None if it cannot be loaded (the launcher's own checks report why)."""
-    try:
-        with open(shtok.resolve_path(name), "rb") as f:
-            return _by_content(f.read(), name)[0]
-    except Exception:  # noqa: BLE001
-        return None
+def tokenizer_json(cfg: JobConfig, json_text: str | None = None) -> str:
+    """The tokenizer.json text: shipped with the job (a path tokenizer), or the preset's file."""
+    if json_text is not None:
+        return json_text
+    with open(shtok.resolve_path(cfg.tokenizer), "rb") as f:
+        return f.read().decode("utf-8")
 
 
 class DocTokenizer:
-    """One per worker process: encodes batches of documents to uint32 arrays with BOS/EOS."""
+    """One per worker process: encodes batches of documents to uint32 arrays with BOS/EOS, with
+    the engine the launcher chose, and the reference on the documents the guard picks."""
 
-    def __init__(self, cfg: JobConfig, info: TokenizerInfo, json_text: str | None = None):
-        os.environ.setdefault("RAYON_NUM_THREADS", RAYON_THREADS)
-        # Threads by spare cores, unless the user chose with TOKENIZERS_PARALLELISM.
-        self.cores = None if PARALLELISM in os.environ else CoreWatch()
-        if json_text is not None:  # a path tokenizer shipped inside the job (see shipped_json)
-            self.tok, got = _by_content(json_text.encode("utf-8"), "shipped with the job")
-        else:
-            with open(shtok.resolve_path(cfg.tokenizer), "rb") as f:
-                self.tok, got = _by_content(f.read(), cfg.tokenizer)
+    def __init__(self, cfg: JobConfig, info: TokenizerInfo, json_text: str | None = None, engine: str = "hf"):
+        text = tokenizer_json(cfg, json_text)
+        got = hashlib.sha256(text.encode("utf-8")).hexdigest()
         if got != info.sha256:
             raise ConfigError(f"tokenizer {cfg.tokenizer} on this worker has sha256 {got}, the job was "
                               f"planned with {info.sha256}; install the same tokenizer everywhere")
+        self.engine = engines.load(engine, text)
+        self.reference = self.engine if engine == "hf" else engines.HFEngine(text)
         self.dtype = np.dtype(dtype_for_vocab(info.vocab_size))
-        self.typecode = next(c for c in "HIL" if array.array(c).itemsize == self.dtype.itemsize)
-        self.head = [info.bos_id] if info.add_bos else []
-        self.tail = [info.eos_id] if info.add_eos else []
+        self.head = np.array([info.bos_id] if info.add_bos else [], self.dtype)
+        self.tail = np.array([info.eos_id] if info.add_eos else [], self.dtype)
         self.piece_chars = cfg.piece_chars
-        # The tokenizer's own thread: see encode.
-        self.thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="steppack-tokenizer")
 
-    def close(self) -> None:
-        self.thread.shutdown(wait=False)
+    def encode(self, texts: list[str], check: list[bool] | None = None) -> tuple[list[np.ndarray], list[int]]:
+        """One array per text (head, the ids of its pieces in order, tail), and the indices of the
+        texts in `check` whose engine ids differed from the reference's: those arrays hold the
+        reference's ids."""
+        pieces, first = self._pieces(texts)
+        enc = self.engine.encode(pieces)
+        out = [self._doc(enc, first[i], first[i + 1]) for i in range(len(texts))]
+        picked = [i for i, c in enumerate(check or ()) if c] if self.reference is not self.engine else []
+        differed = []
+        if picked:
+            sub, sub_first = self._pieces([texts[i] for i in picked])
+            ref = self.reference.encode(sub)
+            for k, i in enumerate(picked):
+                want = self._doc(ref, sub_first[k], sub_first[k + 1])
+                if not np.array_equal(out[i], want):
+                    out[i] = want
+                    differed.append(i)
+        return out, differed
 
-    def encode(self, texts: list[str]) -> list[np.ndarray]:
-        """One array per text: head, the ids of its pieces in order, tail. Built in an
-        array.array and viewed by numpy: a third of the CPU of numpy arrays from the id lists."""
-        limit = self.piece_chars
-        if all(len(t) <= limit for t in texts):
-            pieces, owner = texts, range(len(texts))
-        else:
-            pieces, owner = [], []
-            for i, t in enumerate(texts):
-                for p in split_text(t, limit):
-                    pieces.append(p)
-                    owner.append(i)
-        if self.cores:
-            self.cores.apply()
-        # On a thread of its own, not the caller's: glibc gives each thread its own malloc arena,
-        # and the tokenizer (a third of its time in malloc/free) then allocates in a heap that
-        # holds only its own short-lived blocks, not the texts, arrays and Beam objects the
-        # calling thread keeps alive between batches. x4 bench jobs in pairs took a median 2.5%
-        # less CPU (5 of 6 pairs); perf showed glibc's chunk unlinking and consolidation down from
-        # 7.1% to 4.8% of the job, as in the raw limit, whose rayon threads are not the caller
-        # either (docs/benchmarks.md). With two threads, rayon's threads do the work and this one waits.
-        encs = self.thread.submit(self.tok.encode_batch_fast, pieces, add_special_tokens=False).result()
-        out = [array.array(self.typecode, self.head) for _ in texts]
-        for i, e in zip(owner, encs):
-            out[i].extend(e.ids)
-        for a in out:
-            a.extend(self.tail)
-        return [np.frombuffer(a, self.dtype) for a in out]
+    def _pieces(self, texts: list[str]) -> tuple[list[str], list[int]]:
+        """Texts cut to at most piece_chars characters, and where each text's pieces start."""
+        first = [0]
+        if all(len(t) <= self.piece_chars for t in texts):
+            return texts, list(range(len(texts) + 1))
+        pieces: list[str] = []
+        for t in texts:
+            pieces += split_text(t, self.piece_chars)
+            first.append(len(pieces))
+        return pieces, first
+
+    def _doc(self, enc: engines.Encoded, lo: int, hi: int) -> np.ndarray:
+        # A document's pieces are consecutive, so its ids are one slice of the batch's.
+        ids = enc.ids[enc.offsets[lo]:enc.offsets[hi]]
+        return np.concatenate([self.head, ids.astype(self.dtype, copy=False), self.tail])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import time
@@ -48,9 +49,11 @@ from .packing import ConcatPacker, Doc, Packing, concat_layout, cut_documents, p
 from .plan import EmptyStream, Stream, derive_seed, doc_id, make_plan, permutation, shuffle_key
 from .schedule import deal_order
 from .sources import Reject, Unit, read_unit
+from .engines import Guard, record as engine_record
 from .tokenize import DocTokenizer, shipped_json
 
 NS = "steppack"
+LOG = logging.getLogger("steppack.prepare")
 REJECTS_FILE = f"{REJECTS_DIR}/rejects.jsonl"
 # Records per tokenizer call: large enough that Beam's per-element cost vanishes (~10 us per
 # element against ~1 ms of tokenizing), small enough that a batch of long documents stays small:
@@ -87,6 +90,8 @@ class Job:
     tokenizer: TokenizerInfo
     dtype: str
     groups: tuple[Group, ...]
+    engine: str
+    """The tokenizer engine the launcher chose ("fast" or "hf"; engines.choose)."""
     started: float
     """Wall-clock start (time.time()) of the launch, for report.json."""
     input_bytes: int
@@ -229,7 +234,8 @@ class TokenizeFn(beam.DoFn):
         self.tokenizer_json = tokenizer_json
 
     def setup(self):
-        self.tok = DocTokenizer(self.job.cfg, self.job.tokenizer, self.tokenizer_json)
+        self.tok = DocTokenizer(self.job.cfg, self.job.tokenizer, self.tokenizer_json, engine=self.job.engine)
+        self.guard = Guard.parse(self.job.cfg.verify_tokenizer)
         self.progress = None
         if fs.is_local(self.job.out):
             self.progress = os.path.join(self.job.out, bk.WORK_DIR, "progress", uuid.uuid4().hex + ".json")
@@ -239,12 +245,20 @@ class TokenizeFn(beam.DoFn):
 
     def process(self, batch):
         cfg = self.job.cfg
-        ids = iter(self.tok.encode([text for *_, records in batch for _, text in records]))
-        stats = Counter()
+        texts = [text for *_, records in batch for _, text in records]
+        dids = [doc_id(name, key, record) for _, name, key, records in batch for record, _ in records]
+        check = [self.guard.picks(d) and drop_reason(t, cfg) is None for d, t in zip(dids, texts)]
+        encoded, differed = self.tok.encode(texts, check)
+        stats = Counter({"tokenizer_checked": sum(check), "tokenizer_mismatches": len(differed)})
+        for i in differed:
+            # Written with the reference's ids (encode gave those); said here, counted in the report.
+            LOG.warning("tokenizer engines differ on document %016x (%s): written with HF tokenizers' ids",
+                        dids[i], texts[i][:60])
+        ids, dids = iter(encoded), iter(dids)
         kept = []
         for source, name, key, records in batch:
             for record, text in records:
-                tokens = next(ids)
+                tokens, did = next(ids), next(dids)
                 n = len(tokens)
                 stats["documents_read"] += 1
                 stats["tokens_read"] += n
@@ -257,7 +271,6 @@ class TokenizeFn(beam.DoFn):
                 stats["tokens_kept"] += n
                 stats[f"source_documents/{source}"] += 1
                 stats[f"source_tokens/{source}"] += n
-                did = doc_id(name, key, record)
                 kept.append((shuffle_key(cfg.seed, did), Doc(tokens, did, source)))
         count(stats)
         self._progress(stats)
@@ -282,9 +295,6 @@ class TokenizeFn(beam.DoFn):
         self.last = 0.0
         self._progress(Counter())
 
-    def teardown(self):
-        if getattr(self, "tok", None):
-            self.tok.close()
 
 
 class TokenizeDocs(beam.PTransform):
@@ -616,6 +626,8 @@ def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int, plan:
         "cuts": stats.get("pieces_packed", 0) - kept_docs,
         "pieces": pieces,
         "rejects": n_rejects,
+        "tokenizer": dict(engine_record(job.engine), checked=stats.get("tokenizer_checked", 0),
+                          mismatches=stats.get("tokenizer_mismatches", 0)),
         "buckets": job.buckets,
         "input_bytes": job.input_bytes,
         "wall_seconds": round(wall, 3),
@@ -661,7 +673,7 @@ def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list, plan: di
         seq_len=job.cfg.seq_len, rows_per_step=job.cfg.rows_per_step, dtype=job.dtype,
         compression=job.cfg.compression, tokenizer=job.tokenizer, packing=job.cfg.packing.value,
         seed=job.cfg.seed, sources=sources, steps=steps, remainder=remainder,
-        config=manifest_config(job.cfg), mixture=mix,
+        config=manifest_config(job.cfg), mixture=mix, tokenizer_engine=engine_record(job.engine),
     )
     write_manifest(job.out, manifest)  # last: the commit marker
     remove_work(job.out)

@@ -117,6 +117,9 @@ class Manifest:
     """The full job config as the prepare job resolved it."""
     mixture: MixtureInfo | None = None
     """Per-source quotas (jobs with weights); None: sources are shuffled together."""
+    tokenizer_engine: dict | None = None
+    """The engine that tokenized ({"name": "fast" | "hf", "library", "version"}); its ids are
+    tokenizers' ids (checked at start and on a sample), so it does not change the steps' bytes."""
 
     def __post_init__(self):
         check_dtype(self.dtype)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
 
 from shards.errors import SteppackError
@@ -75,24 +74,9 @@ def _main(argv: list[str] | None) -> tuple[int, argparse.Namespace | None]:
         return 0, args
 
 
-def exit_now(code: int) -> None:
-    """Flush the standard streams and end the process without interpreter teardown."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
-
-
 def entry() -> None:
-    """The console script. A subcommand that sets `exit_without_teardown` (prepare: Beam's gRPC
-    channels and thread pools take ~0.4 s to tear down after the job is done and its files are
-    closed) ends the process at once; the others exit normally."""
-    code, args = _main(None)
-    if getattr(args, "exit_without_teardown", False):
-        exit_now(code)
-    sys.exit(code)
+    """The console script."""
+    sys.exit(main())
 
 
 if __name__ == "__main__":

@@ -201,39 +201,6 @@ def test_deal_order_deals_every_unit_once_evenly_and_heaviest_first(weights, wor
         assert share == sorted(share, reverse=True)
 
 
-def test_import_beam_hides_unused_packages_only_while_importing_beam():
-    # A fresh process (this one imported Beam long ago): Beam comes up without pandas, which
-    # then still imports for `datasets`; and the runner used by every local job still works.
-    code = (
-        "import sys\n"
-        "from pipeline.worker import import_beam\n"
-        "beam = import_beam()\n"
-        "print(sorted(m for m in ('pandas', 'bson', 'pymongo') if m in sys.modules))\n"
-        "import pandas, datasets\n"
-        "from apache_beam.runners.portability.fn_api_runner import FnApiRunner\n"
-        "with beam.Pipeline(runner=FnApiRunner()) as p:\n"
-        "    _ = p | beam.Create([1, 2]) | beam.Map(print)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split("\n")[0] == "[]"
-    assert sorted(out.split("\n")[1:3]) == ["1", "2"]
-
-
-def test_local_workers_sample_state_every_20_ms_not_200():
-    # A fresh process, as a worker is: Beam's sampler thread sleeps this long at most, and every
-    # bundle's end waits for it to wake.
-    code = (
-        "from apache_beam.runners.worker import statesampler\n"
-        "from apache_beam.utils.counters import CounterFactory\n"
-        "from pipeline.worker import short_state_sampling\n"
-        "before = statesampler.StateSampler('s', CounterFactory()).sampling_period_ms\n"
-        "short_state_sampling()\n"
-        "print(before, statesampler.StateSampler('s', CounterFactory()).sampling_period_ms)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["200", "20"]
-
-
 def test_read_batches_fill_across_units_and_keep_every_record_once(tmp_path):
     from pipeline.sources import discover
     from pipeline.transforms import BATCH_DOCS, ReadFn
@@ -318,74 +285,10 @@ def test_spills_and_row_files_go_through_arrow_without_pandas(tmp_path):
     assert out.split(" ", 1)[1].strip() == "[1, 2, 3] [1, 9, 5] [[7, 7, 8, 9], [10, 11, 12, 13]] [101, 109]"
 
 
-def test_spare_cores_counts_what_other_processes_left():
-    from pipeline.cores import spare_cores
-
-    assert spare_cores(2, busy_s=2.0, own_s=1.0, wall_s=1.0) == 1.0  # the other worker is busy
-    assert spare_cores(2, busy_s=1.9, own_s=1.9, wall_s=1.0) == 2.0  # only this process ran
-    assert spare_cores(2, busy_s=1.0, own_s=1.2, wall_s=1.0) == 2.0  # tick rounding: never above the cores
-    assert spare_cores(16, busy_s=30.0, own_s=2.0, wall_s=2.0) == 2.0
-
-
-def test_core_watch_turns_the_second_thread_on_only_when_cores_are_spare(tmp_path, monkeypatch):
-    from pipeline.cores import PARALLELISM, CoreWatch
-
-    stat = tmp_path / "stat"
-
-    def machine(busy_ticks: int) -> None:  # /proc/stat's first line: user nice system idle iowait irq softirq steal
-        stat.write_text(f"cpu  {busy_ticks} 0 0 5000 0 0 0 7\ncpu0 1 2 3 4 5 6 7 8\n")
-
-    monkeypatch.delenv(PARALLELISM, raising=False)
-    machine(1000)
-    w = CoreWatch(period=0.0, threshold=0.5, stat_path=str(stat))
-    w.cores = 1
-    machine(1000 + 10**7)  # other processes kept every core busy meanwhile
-    w.apply()
-    assert os.environ[PARALLELISM] == "false"
-    machine(1000 + 10**7)  # then the machine went idle but for this process
-    w.apply()
-    assert os.environ[PARALLELISM] == "true"
-    w.period = 3600.0  # no new sample due: the last decision holds
-    machine(1000 + 2 * 10**7)
-    assert w.parallel() is True
-
-
-def test_core_watch_without_proc_stat_decides_nothing(tmp_path, monkeypatch):
-    from pipeline.cores import PARALLELISM, CoreWatch
-
-    monkeypatch.setenv(PARALLELISM, "unchanged")
-    w = CoreWatch(period=0.0, stat_path=str(tmp_path / "none"))
-    assert w.parallel() is None
-    w.apply()
-    assert os.environ[PARALLELISM] == "unchanged"
-
-
-LEAN = (
-    "import json, sys\n"
-    "from pipeline import alloc\n"
-    "done = alloc.lean()\n"
-    "import pyarrow as pa\n"
-    "print(json.dumps([done, pa.default_memory_pool().backend_name]))\n"
-)
-
-
-@pytest.mark.parametrize("preset", [None, "mimalloc"])
-def test_workers_use_allocators_that_give_memory_back_unless_the_user_chose(preset):
-    from pipeline import alloc
-
-    env = {k: v for k, v in os.environ.items() if k != alloc.ARROW_POOL and k not in alloc.MALLOC_ENV}
-    if preset:
-        env["ARROW_DEFAULT_MEMORY_POOL"] = preset
-    out = subprocess.run([sys.executable, "-c", LEAN], capture_output=True, text=True, check=True, env=env).stdout
-    done, pool = json.loads(out)
-    assert pool == (preset or "system")
-    assert any(d.startswith("mallopt") for d in done) == sys.platform.startswith("linux")  # glibc
-
-
 GOAWAY = r"""
 import sys, threading, time
 if "--quiet" in sys.argv:
-    from pipeline.worker import quiet_grpc
+    from pipeline.logs import quiet_grpc
     quiet_grpc()
 import grpc
 from concurrent import futures
@@ -437,7 +340,7 @@ def test_workers_do_not_print_grpc_shutdown_chatter():
 
 
 def test_quiet_grpc_keeps_a_users_own_verbosity(monkeypatch):
-    from pipeline.worker import quiet_grpc
+    from pipeline.logs import quiet_grpc
 
     monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
     quiet_grpc()
@@ -445,33 +348,6 @@ def test_quiet_grpc_keeps_a_users_own_verbosity(monkeypatch):
     monkeypatch.setenv("GRPC_VERBOSITY", "DEBUG")
     quiet_grpc()
     assert os.environ["GRPC_VERBOSITY"] == "DEBUG"
-
-
-def test_the_tokenizer_runs_on_a_thread_of_its_own_and_gives_the_same_ids():
-    """DocTokenizer.encode calls the tokenizer on its own thread (its allocations then go to a
-    malloc arena of their own, see tokenize.py), with the same ids as a direct call, BOS/EOS added."""
-    import threading
-
-    from pipeline.tokenize import DocTokenizer, tokenizer_info
-
-    cfg = build(None, "/x", {"input": ["a.jsonl"], "output": "o"}, cwd="/cwd")
-    info = tokenizer_info(cfg)
-    doc = DocTokenizer(cfg, info)
-    seen = []
-    real = doc.tok
-
-    class Spy:
-        def encode_batch_fast(self, texts, add_special_tokens):
-            seen.append(threading.get_ident())
-            return real.encode_batch_fast(texts, add_special_tokens=add_special_tokens)
-
-    doc.tok = Spy()
-    texts = ["Let $x^2 = 4$.", "Then x = 2 or x = -2.\n"]
-    got = doc.encode(texts)
-    doc.close()
-    assert seen and threading.get_ident() not in seen
-    direct = [e.ids for e in real.encode_batch_fast(texts, add_special_tokens=False)]
-    assert [a.tolist() for a in got] == [[info.bos_id] + ids + [info.eos_id] for ids in direct]
 
 
 def _jsonl(path, n):

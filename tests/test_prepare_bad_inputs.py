@@ -36,6 +36,7 @@ def bad_corpus(tmp_path):
     lines[11] = b'{"text": "   \\n\\t  "}\n'                   # whitespace only: dropped, not rejected
     lines[13] = b'{"text": ""}\n'                               # empty: dropped
     lines[15] = b'[1, 2]\n'                                     # not an object
+    lines[17] = b'{"text": "lone \\ud800 surrogate"}\n'           # valid JSON, not valid Unicode text
     (d / "mixed.jsonl").write_bytes(b"".join(lines))
     full = jsonl(GOOD[20:60] * 40)                               # 1600 records, so a cut lands mid-file
     gz = gzip.compress(full, mtime=0)
@@ -62,6 +63,7 @@ def test_bad_records_are_rejected_with_reasons_and_good_ones_all_kept(tmp_path, 
     assert by[("mixed.jsonl", 7)] == "bad_utf8"
     assert by[("mixed.jsonl", 9)] == "bad_field"
     assert by[("mixed.jsonl", 15)] == "bad_json"
+    assert by[("mixed.jsonl", 17)] == "bad_utf8"  # no tokenizer takes it (tokenizers raised: the job died)
     assert by[("nulls.parquet", 1)] == "missing_field"
     assert by[("latin1.txt", 0)] == "bad_utf8"
     assert [r["reason"] for r in rejects if r["file"].endswith("cut.jsonl.gz")] == ["truncated"]
@@ -72,10 +74,10 @@ def test_bad_records_are_rejected_with_reasons_and_good_ones_all_kept(tmp_path, 
     d = report["documents"]
     assert d["dropped_by_reason"]["empty"] == 2
     assert d["dropped_by_reason"]["bad_json"] == 2 and d["dropped_by_reason"]["truncated"] == 2
-    assert report["rejects"] == len(rejects) == 9
+    assert report["rejects"] == len(rejects) == 10
     gz_kept = [k for k in expected_documents(parse(*argv))[0]]
     assert len(gz_kept) == d["kept"]
-    assert d["kept"] > 20 - 7 + 10 + 2 + 1 + 100  # the records before each cut are kept
+    assert d["kept"] > 20 - 8 + 10 + 2 + 1 + 100  # the records before each cut are kept
 
 
 def test_min_and_max_chars_drop_documents_by_reason(tmp_path, bad_corpus):
@@ -170,3 +172,21 @@ def test_an_input_without_a_single_record_gives_an_empty_but_complete_output(tmp
     assert read_manifest(out).num_steps == 0 and verify(out) == []
     report = check_round_trip(out, parse(*argv))
     assert report["documents"] == {"read": 0, "kept": 0, "dropped": 0, "dropped_by_reason": {}}
+
+
+def test_deeply_nested_and_oversized_json_are_rejects_with_reasons_not_a_crash(tmp_path):
+    from pipeline.config import build
+    from pipeline.sources import Reject, discover, read_unit
+
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "odd.jsonl").write_bytes(b"\n".join([
+        b'{"text": "fine"}',
+        b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}",   # deeper than any parser's stack
+        b'{"text": "big int", "n": 123456789012345678901234567890}',  # past 64 bits: still a record
+        b'{"text": "caf\xc3\xa9 \\u00e9 \\ud83d\\ude00"}',            # UTF-8, escapes, a surrogate pair
+    ]) + b"\n")
+    cfg = build(None, str(tmp_path), {"input": [str(d / "*.jsonl")], "output": str(tmp_path / "o")})
+    got = [it for u in discover(cfg)[0] for it in read_unit(u)]
+    assert got[0] == (0, "fine") and got[2] == (2, "big int") and got[3] == (3, "café é 😀")
+    assert isinstance(got[1], Reject) and got[1].reason == "bad_json" and "nested too deeply" in got[1].detail
