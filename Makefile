@@ -36,7 +36,7 @@ demo: setup
 bench: setup
 	$(PY) bench/read_steps.py
 	$(PY) bench/train_data.py
-	$(PY) bench/prepare.py --multiples 4
+	$(PY) bench/prepare.py --multiples 4,16 --repeats 2
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

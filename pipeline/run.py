@@ -21,10 +21,10 @@ from shards.errors import ConfigError
 from shards.format import MANIFEST_NAME, REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, STEPS_DIR
 
 from . import buckets as bk
-from .config import JobConfig
-from .sources import discover
-from .logs import quiet_grpc, quiet_logging
 from . import engines
+from .config import JobConfig
+from .logs import quiet_grpc, quiet_logging
+from .sources import discover
 from .tokenize import THREADS_ENV, tokenizer_info, tokenizer_json
 
 
@@ -98,7 +98,7 @@ def make_runner(runner_name):
 def tokenizer_threads(cfg: JobConfig) -> None:
     """Tokenizer threads per local worker process: the cores shared out among the workers (one
     each when there are as many workers as cores), set in the environment the worker processes
-    inherit; a user's own setting is kept. Remote workers keep their engines' defaults."""
+    inherit; a user's own setting is kept. Remote workers take one each (tokenize.DocTokenizer)."""
     threads = str(max(1, (os.cpu_count() or 1) // cfg.workers))
     for name in THREADS_ENV:
         os.environ.setdefault(name, threads)
@@ -149,7 +149,7 @@ class Progress(threading.Thread):
 def tokenizer_line(t: dict) -> str:
     line = f"  tokenizer  {t['name']} engine ({t['library']} {t['version']})"
     if t["name"] == "fast":
-        line += (f"; {t['checked']:,} documents checked against HF tokenizers, "
+        line += (f"; {t['checked']:,} document{'' if t['checked'] == 1 else 's'} checked against HF tokenizers, "
                  f"{t['mismatches']:,} mismatches (written with tokenizers' ids)")
     return line
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import math
-
-import orjson
 import os
 import posixpath
 import re
 import zlib
 from dataclasses import dataclass
 from typing import Iterator, NamedTuple
+
+import orjson
 
 from shards.errors import ConfigError, InputError
 

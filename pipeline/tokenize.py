@@ -9,6 +9,7 @@ sees the whole document; byte-level BPE decodes the joined ids back to the exact
 from __future__ import annotations
 
 import hashlib
+import os
 
 import numpy as np
 
@@ -103,6 +104,10 @@ class DocTokenizer:
         if got != info.sha256:
             raise ConfigError(f"tokenizer {cfg.tokenizer} on this worker has sha256 {got}, the job was "
                               f"planned with {info.sha256}; install the same tokenizer everywhere")
+        # One engine thread per worker process unless the launcher or the user said otherwise:
+        # Dataflow runs one SDK process per vCPU, and both engines would start one thread per CPU.
+        for name in THREADS_ENV:
+            os.environ.setdefault(name, "1")
         self.engine = engines.load(engine, text)
         self.reference = self.engine if engine == "hf" else engines.HFEngine(text)
         self.dtype = np.dtype(dtype_for_vocab(info.vocab_size))

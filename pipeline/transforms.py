@@ -47,9 +47,10 @@ from . import buckets as bk
 from .config import JobConfig
 from .packing import ConcatPacker, Doc, Packing, concat_layout, cut_documents, packer
 from .plan import EmptyStream, Stream, derive_seed, doc_id, make_plan, permutation, shuffle_key
+from .engines import Guard
+from .engines import record as engine_record
 from .schedule import deal_order
 from .sources import Reject, Unit, read_unit
-from .engines import Guard, record as engine_record
 from .tokenize import DocTokenizer, shipped_json
 
 NS = "steppack"
