@@ -34,7 +34,7 @@ SOURCES = [  # samples/job.toml's sources
 @pytest.fixture
 def s3(monkeypatch):
     """A boto3 client of an empty bucket on a local S3 server, which every process of the job
-    (launcher, zygote, workers) reaches through the environment."""
+    (launcher, workers) reaches through the environment."""
     boto3 = pytest.importorskip("boto3", reason="boto3 (apache-beam[aws]) is not installed: pip install -e '.[test]'")
     moto_server = pytest.importorskip("moto.server", reason="moto's S3 server is not installed: pip install -e '.[test]'")
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
