@@ -54,6 +54,8 @@ class TrainConfig:
     metrics: str | None = _f(None, "Append one JSON line per step here (step, loss, lr, grad_norm, tokens_per_s, "
                                    "data_wait_ms, ...).")
     prefetch: int = _f(1, "Steps read ahead in a background thread (0: read in the training thread).")
+    no_verify_steps: bool = _f(False, "Do not check each step file against the manifest (size, sha256, step index, "
+                               "seq_len, dtype) before it trains; recorded in the metrics.", action="store_true")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu or cuda.", choices=("auto", "cpu", "cuda"))
     dtype: str = _f("auto", "Autocast dtype: auto (bf16 on cuda, fp32 on cpu), bf16 or fp32.",
                     choices=("auto", "bf16", "fp32"))

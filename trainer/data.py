@@ -34,7 +34,7 @@ import torch
 
 from shards import fs
 from shards.errors import ConfigError, FormatError
-from shards.manifest import Manifest
+from shards.manifest import FileInfo, Manifest
 from shards.reader import StepFile, open_step
 from shards.rows import row_used
 from shards.slicing import rank_micro_batches
@@ -109,6 +109,25 @@ def total_steps(m: Manifest, steps: int | None, epochs: int) -> int:
     return steps
 
 
+def check_step(uri: str, f: StepFile, info: FileInfo, m: Manifest, shard: int) -> None:
+    """Refuse a step file that is not the one the manifest lists: its metadata (step index, seq_len,
+    dtype), byte size and sha256. In the prefetch thread, before the step's rows are used; hashing
+    16 MiB (1024 x 4096 uint32) takes tens of milliseconds there, not in the step."""
+    what = None
+    if (f.step, f.seq_len, f.dtype) != (shard, m.seq_len, m.dtype):
+        what = (f"says it is step {f.step} of seq_len {f.seq_len}, {f.dtype}; the manifest lists step {shard} of "
+                f"seq_len {m.seq_len}, {m.dtype}")
+    else:
+        data = fs.read_bytes(uri)
+        if len(data) != info.bytes:
+            what = f"has {len(data):,} bytes, the manifest says {info.bytes:,}"
+        elif hashlib.sha256(data).hexdigest() != info.sha256:
+            what = "does not match the manifest's sha256 (a byte changed, or another output's file sits here)"
+    if what:
+        raise FormatError(f"{uri} {what}: step {shard} is not trained on; run 'steppack shards verify' on the "
+                          "output, re-run prepare, or pass --no-verify-steps to train on it anyway")
+
+
 def read_source(f: StepFile, rows: range, name: str, n_sources: int) -> np.ndarray:
     """The `source` column (uint16 per piece) of `rows`, parallel to `f.read_doc_lens(rows)`,
     checked against the manifest's sources."""
@@ -123,8 +142,10 @@ class StepStream:
     """Iterate over `StepBatch`es for steps [start, stop) of one rank."""
 
     def __init__(self, data: str, manifest: Manifest, *, rank: int, world_size: int, micro_batch: int,
-                 start: int, stop: int, doc_lens: bool = False, sources: bool = False, prefetch: int = 1):
+                 start: int, stop: int, doc_lens: bool = False, sources: bool = False, prefetch: int = 1,
+                 verify: bool = True):
         self.data, self.m = data, manifest
+        self.verify = verify  # check_step before a step's rows are used
         # Raises ConfigError naming rows_per_step, world_size and micro_batch when they do not divide.
         self.micro_rows = rank_micro_batches(manifest.rows_per_step, rank, world_size, micro_batch)
         self.micro_batch = micro_batch
@@ -147,8 +168,11 @@ class StepStream:
         buf = self._bufs[slot]
         pieces = self.doc_lens or self.sources
         need_used = pieces or info.padding > 0
-        with open_step(fs.join(self.data, info.file)) as f:
-            if f.seq_len != self.m.seq_len:
+        uri = fs.join(self.data, info.file)
+        with open_step(uri) as f:
+            if self.verify:
+                check_step(uri, f, info, self.m, shard)
+            elif f.seq_len != self.m.seq_len:
                 raise ConfigError(f"{info.file} has seq_len {f.seq_len}, the manifest says {self.m.seq_len}; "
                                   "run 'steppack shards verify'")
             f.read_tokens_into(self.rows, buf)

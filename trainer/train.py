@@ -68,7 +68,7 @@ def _run(cfg: TrainConfig, d: dist.Dist) -> dict:
     # collective; and the first step is read while the model is built and the checkpoint loaded.
     stream = StepStream(cfg.data, m, rank=d.rank, world_size=d.world_size, micro_batch=cfg.micro_batch,
                         start=start, stop=stop, doc_lens=cfg.attention == "doc", sources=len(m.sources) > 1,
-                        prefetch=cfg.prefetch)
+                        prefetch=cfg.prefetch, verify=not cfg.no_verify_steps)
     stream.start_prefetch()
     try:
         return _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say)
@@ -155,7 +155,8 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
             rec = {"step": s, "loss": round(step_loss, 6), "lr": lr, "grad_norm": round(float(grad_norm), 6),
                    "tokens_per_s": round(tokens_per_step / (step_ms / 1e3), 1), "data_wait_ms": round(wait_ms, 3),
                    "read_ms": round(batch.read_ms, 3), "step_ms": round(step_ms, 3), "label_tokens": n_labels,
-                   "shard": batch.shard, "data_digest": digest, "world_size": d.world_size}
+                   "shard": batch.shard, "data_digest": digest, "world_size": d.world_size,
+                   "verified": not cfg.no_verify_steps}
             if n_src:
                 rec.update(source_fields(names, loss_sum[1:].tolist(), counts[2:].tolist()))
             if metrics:

@@ -1,0 +1,59 @@
+"""The trainer checks every step file against the manifest before the step trains: another step's
+file, edited tokens or another output's file stop the run with one line naming the file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from steppack.cli import main
+from tests.shardgen import make_output
+from tests.test_trainer_support import read_metrics, train_args
+
+
+def _out(tmp_path, name="out", seed=0):
+    path = str(tmp_path / name)
+    make_output(path, num_steps=3, rows_per_step=4, seq_len=32, vocab_size=500, seed=seed)
+    return path
+
+
+def _train(out, tmp_path, capsys, *extra):
+    metrics = tmp_path / f"m{len(list(tmp_path.glob('m*.jsonl')))}.jsonl"
+    code = main(train_args(out, tmp_path, "--metrics", str(metrics), "--micro-batch", "4", *extra))
+    err = capsys.readouterr().err
+    return code, err, (read_metrics(metrics) if metrics.exists() else [])
+
+
+def step_path(out, s):
+    return os.path.join(out, "steps", f"step-{s:08d}.arrow")
+
+
+def test_another_step_s_file_in_place_of_step_0_stops_the_run_before_it_trains(tmp_path, capsys):
+    out = _out(tmp_path)
+    shutil.copy(step_path(out, 1), step_path(out, 0))
+    code, err, metrics = _train(out, tmp_path, capsys)
+    assert code == 2 and metrics == []
+    (line,) = [x for x in err.splitlines() if x]
+    assert "step-00000000.arrow says it is step 1" in line and "step 0 is not trained on" in line
+
+
+def test_an_edited_token_stops_the_run_at_its_step(tmp_path, capsys):
+    out = _out(tmp_path)
+    path = step_path(out, 1)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x01  # inside the token buffer: the file still reads
+    open(path, "wb").write(bytes(data))
+    code, err, metrics = _train(out, tmp_path, capsys)
+    assert code == 2 and [r["step"] for r in metrics] == [0]
+    assert "step-00000001.arrow does not match the manifest's sha256" in err
+    # Deliberately skipped: the run trains on it and says so in every metrics line.
+    code, _, metrics = _train(out, tmp_path, capsys, "--no-verify-steps")
+    assert code == 0 and [r["step"] for r in metrics] == [0, 1, 2] and not any(r["verified"] for r in metrics)
+
+
+def test_another_output_s_step_reached_through_the_manifest_is_refused(tmp_path, capsys):
+    out, other = _out(tmp_path), _out(tmp_path, "other", seed=1)
+    shutil.copy(step_path(other, 2), step_path(out, 2))
+    code, err, metrics = _train(out, tmp_path, capsys)
+    assert code == 2 and [r["step"] for r in metrics] == [0, 1] and all(r["verified"] for r in metrics)
+    assert "step-00000002.arrow" in err and ("sha256" in err or "bytes" in err)
