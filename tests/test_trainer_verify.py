@@ -57,3 +57,31 @@ def test_another_output_s_step_reached_through_the_manifest_is_refused(tmp_path,
     code, err, metrics = _train(out, tmp_path, capsys)
     assert code == 2 and [r["step"] for r in metrics] == [0, 1] and all(r["verified"] for r in metrics)
     assert "step-00000002.arrow" in err and ("sha256" in err or "bytes" in err)
+
+
+class _Planted:
+    """What a planted checkpoint would run when unpickled with weights_only=False."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_in_the_checkpoint_directory_is_refused_and_never_run(tmp_path, capsys):
+    import torch
+
+    out, ckpt, marker = _out(tmp_path), tmp_path / "ckpt", tmp_path / "ran"
+    ckpt.mkdir()
+    torch.save({"step": 1, "payload": _Planted(marker)}, ckpt / "ckpt-00000001.pt")
+    code, err, _ = _train(out, tmp_path, capsys, "--ckpt-dir", str(ckpt), "--resume")
+    assert code == 2 and not marker.exists()
+    (line,) = [x for x in err.splitlines() if x]
+    assert "ckpt-00000001.pt is not a steppack checkpoint" in line and "not loaded" in line
+    (ckpt / "ckpt-00000001.pt").write_bytes(os.urandom(4096))  # random bytes: one line too
+    code, err, _ = _train(out, tmp_path, capsys, "--ckpt-dir", str(ckpt), "--resume")
+    assert code == 2 and len([x for x in err.splitlines() if x]) == 1 and "ckpt-00000001.pt" in err
+    torch.save({"step": 1}, ckpt / "ckpt-00000001.pt")  # loads, but is not ours
+    code, err, _ = _train(out, tmp_path, capsys, "--ckpt-dir", str(ckpt), "--resume")
+    assert code == 2 and "is not a steppack checkpoint (it lacks model" in err

@@ -7,6 +7,8 @@ temporary name in the same directory, flushed and renamed into place, so a job k
 leaves the previous checkpoint as the newest complete one. Only rank 0 writes (DDP keeps every
 rank's model and optimizer identical).
 
+The file holds tensors, numbers, strings and containers only and is read with `weights_only=True`.
+
 Resume refuses, naming both values, a checkpoint whose data, model shape or schedule differs from
 this launch: each would silently change the loss curve. World size and micro-batch may change
 (the rows of every step stay the same; sums are then added in another order, so losses agree to
@@ -16,6 +18,7 @@ float rounding rather than bit for bit).
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 
@@ -50,7 +53,12 @@ def step_of(path: str) -> int:
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every RNG's state as tensors, lists and numbers: what `torch.load(weights_only=True)` reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+             "python": [version, list(internal), gauss_next]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -58,8 +66,10 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"][: torch.cuda.device_count()])
 
@@ -80,12 +90,24 @@ def save(ckpt_dir: str, step: int, state: dict, keep: int = 0) -> str:
     return final
 
 
+KEYS = ("step", "model", "optimizer", "schedule", "rng", "manifest_id", "model_config", "config")
+
+
 def load(path: str) -> dict:
+    """A checkpoint, unpickled with `weights_only=True`: tensors, numbers, strings and containers
+    only, so a planted file cannot run code; anything else is refused in one line."""
     try:
-        # Our own file with numpy and Python RNG states inside: not loadable with weights_only.
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (OSError, RuntimeError, EOFError) as exc:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise FormatError(f"{path} is not a steppack checkpoint: it holds objects a checkpoint never does "
+                          f"({str(exc).splitlines()[0][:160]}), so it is not loaded; remove it from --ckpt-dir "
+                          "(a checkpoint of a steppack before 2026-12-01 resumes with that version)") from exc
+    except (OSError, RuntimeError, EOFError, ValueError) as exc:
         raise FormatError(f"checkpoint {path} cannot be read ({exc}); delete it to resume from the one before") from exc
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in KEYS):
+        raise FormatError(f"{path} is not a steppack checkpoint (it lacks {', '.join(k for k in KEYS if not isinstance(ckpt, dict) or k not in ckpt)}); "
+                          "remove it from --ckpt-dir")
+    return ckpt
 
 
 def check_resumable(ckpt: dict, path: str, *, manifest_id: str, model: dict, schedule: dict) -> None:
