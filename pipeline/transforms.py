@@ -472,9 +472,8 @@ class PackRows(beam.PTransform):
 
 def stages_of(cfg: JobConfig, streams: list[Stream]) -> list[tuple]:
     """The plan's stages: the config's mixture, or one stream taking every row (at most `steps`)."""
-    mixture = cfg.mixture()
-    if mixture is not None:
-        return mixture
+    if cfg.is_mixture:
+        return cfg.mixture()
     n = streams[0].rows // cfg.rows_per_step
     return [(min(n, cfg.steps) if cfg.steps else n, [Fraction(1)])]
 
@@ -488,7 +487,8 @@ def step_tasks(files: list[RowFile], job: Job):
     streams = [Stream(g.name, [(f.file, f.rows) for f in sorted(files, key=lambda f: f.order)
                                if f.group == k and not f.final]) for k, g in enumerate(job.groups)]
     try:
-        plan = make_plan(streams, stages_of(cfg, streams), cfg.rows_per_step, cfg.seed)
+        stages = stages_of(cfg, streams)
+        plan = make_plan(streams, stages, cfg.rows_per_step, cfg.seed)
     except EmptyStream as exc:
         # Not raised here: a failing Beam stage buries the message in worker logs. The launcher
         # reads it from the report and stops with it (no manifest is written).
@@ -512,7 +512,7 @@ def step_tasks(files: list[RowFile], job: Job):
         rows = [st.rows for st in streams]
         mixture = {
             "stages": [{"steps": n, "weights": [float(w) for w in weights]}
-                       for n, (_, weights) in zip(plan.stage_steps, cfg.mixture())],
+                       for n, (_, weights) in zip(plan.stage_steps, stages)],
             "rows_per_pass": rows,
             "passes": [u / r if r else 0.0 for u, r in zip(plan.used, rows)],
             "remainder_rows": rem_rows,

@@ -22,6 +22,9 @@ from .test_prepare_support import REPO, SAMPLES, output_bytes, prepare
 # Small steps and several buckets, so the plan has slices that span buckets.
 ARGS = ["--config", os.path.join(SAMPLES, "job.toml"), "--seq-len", "256", "--rows-per-step", "24",
         "--bucket-mb", "1", "--unit-mb", "0.05", "--seed", "3"]
+# A mixture with weights, repeated sources and a per-step row shuffle: the same promise.
+MIX_ARGS = ["--config", os.path.join(SAMPLES, "deepseekmath-7b-mix.toml"), "--seq-len", "256", "--rows-per-step", "24",
+            "--steps", "30", "--bucket-mb", "1", "--unit-mb", "0.05", "--seed", "3"]
 
 
 def free_port() -> int:
@@ -82,16 +85,18 @@ def test_output_is_byte_identical_for_one_two_workers_and_external_worker_pool(t
         ("portable", ["--runner", "PortableRunner", f"--job_endpoint=localhost:{job_port}",
                       "--environment_type=EXTERNAL", f"--environment_config=localhost:{pool_port}"]),
     ]:
-        out = str(tmp_path / name)
-        assert prepare(*ARGS, "--output", out, *extra) == 0
-        assert verify(out) == []
-        outs[name] = output_bytes(out)
-    assert any(k.startswith("steps/") for k in outs["w1"]) and "manifest.json" in outs["w1"]
-    assert len([k for k in outs["w1"] if k.startswith("steps/")]) > 5
-    for name in ("w2", "portable"):
-        assert sorted(outs[name]) == sorted(outs["w1"]), f"{name} wrote other files"
-        for k in outs["w1"]:
-            assert outs[name][k] == outs["w1"][k], f"{k} differs between --workers 1 and {name}"
+        for job, args in (("plain", ARGS), ("mixture", MIX_ARGS)):
+            out = str(tmp_path / name / job)
+            assert prepare(*args, "--output", out, *extra) == 0
+            assert verify(out) == []
+            outs[name, job] = output_bytes(out)
+    for job in ("plain", "mixture"):
+        first = outs["w1", job]
+        assert "manifest.json" in first and len([k for k in first if k.startswith("steps/")]) > 5
+        for name in ("w2", "portable"):
+            assert sorted(outs[name, job]) == sorted(first), f"{name} wrote other files ({job})"
+            for k in first:
+                assert outs[name, job][k] == first[k], f"{k} differs between --workers 1 and {name} ({job})"
 
 
 def test_a_different_seed_gives_a_different_order(tmp_path):
