@@ -43,7 +43,8 @@ def read_metrics(path) -> list[dict]:
 
 def torchrun(nproc: int, argv: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """`torchrun --standalone --nproc-per-node N -m steppack.cli ARGV` with this interpreter."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    # faulthandler: a rank that aborts prints every thread's Python stack.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "PYTHONFAULTHANDLER": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "steppack.cli", *argv]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)

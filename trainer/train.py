@@ -45,7 +45,11 @@ def run(cfg: TrainConfig) -> dict:
     """Train as `cfg` says; returns the summary (also printed by rank 0)."""
     d = dist.setup(cfg.device)
     try:
-        return _run(cfg, d)
+        summary = _run(cfg, d)
+        # Every rank has finished its last collective before any rank tears the group down: a rank
+        # that destroys it while its peer still reads the last reduction can abort that peer.
+        dist.barrier(d)
+        return summary
     finally:
         dist.teardown(d)
 
