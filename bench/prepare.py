@@ -165,7 +165,7 @@ def progress_tokens(folder: str) -> int:
 LIMIT_CODE = r"""
 import json, sys, time
 import numpy as np
-from shards import tokenizer as T
+from steppack.shards import tokenizer as T
 texts = json.load(open(sys.argv[1]))
 path = T.resolve_path("deepseek-llm")
 if sys.argv[2] == "tokenizers":
@@ -186,11 +186,11 @@ ENGINE_LIBRARIES = ("tokenizers", "fastokens")
 def dump_texts(job: str) -> str:
     """The job's texts, read by its own readers (outside any timing), as a JSON file next to job."""
     sys.path.insert(0, REPO)
-    from pipeline.logs import quiet_logging
+    from steppack.pipeline.logs import quiet_logging
 
     quiet_logging()  # Beam's import-time warnings, as in the job itself
-    from pipeline.config import build, load_toml
-    from pipeline.sources import Reject, discover, read_unit
+    from steppack.pipeline.config import build, load_toml
+    from steppack.pipeline.sources import Reject, discover, read_unit
 
     cfg = build(load_toml(job), os.path.dirname(job), {"output": os.path.join(os.path.dirname(job), "unused")})
     units, _ = discover(cfg)

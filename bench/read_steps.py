@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shards import (  # noqa: E402
+from steppack.shards import (  # noqa: E402
     FileInfo, Manifest, RowBlock, SourceInfo, TokenizerInfo, open_step, rank_rows, read_manifest, step_file_name,
     write_manifest, write_step,
 )

@@ -1,6 +1,6 @@
 """Benchmark: the trainer's data path against the memmap limit, and data wait with the `tiny` model.
 
-1. Rows/s that `trainer.data.StepStream.load` delivers (open step s -> every rank's slice ->
+1. Rows/s that `steppack.trainer.data.StepStream.load` delivers (open step s -> every rank's slice ->
    micro-batch int64 torch tensors, exactly what the training loop consumes), against the least
    work any loader can do: the same tokens as one flat uint32 file read with `np.memmap` and widened
    into the same int64 micro-batch buffers. Same run, same page cache (each is read once before
@@ -28,13 +28,13 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from shards import (  # noqa: E402
+from steppack.shards import (  # noqa: E402
     Manifest, RowBlock, SourceInfo, TokenizerInfo, open_step, rank_micro_batches, read_manifest, step_file_name,
     write_manifest, write_step,
 )
-from trainer.config import TrainConfig  # noqa: E402
-from trainer.data import StepStream  # noqa: E402
-from trainer.train import run  # noqa: E402
+from steppack.trainer.config import TrainConfig  # noqa: E402
+from steppack.trainer.data import StepStream  # noqa: E402
+from steppack.trainer.train import run  # noqa: E402
 
 
 def make_steps(out: str, steps: int, rows: int, seq_len: int, vocab: int, seed: int = 0) -> Manifest:

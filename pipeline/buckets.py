@@ -18,8 +18,8 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from shards import RowBlock, fs
-from shards.format import arrow_array, numpy_view
+from steppack.shards import RowBlock, fs
+from steppack.shards.format import arrow_array, numpy_view
 
 from .packing import Doc, Row
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from .config import JobConfig, Packing, SourceConfig, build, field_help, load_toml
+from .config import JobConfig, Packing, SourceConfig, Specials, build, field_help, load_toml
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--overwrite", action="store_true", default=None, help=h("overwrite"))
     g = parser.add_argument_group("tokens")
     g.add_argument("--tokenizer", metavar="NAME|PATH", help=h("tokenizer") + " (default deepseek-llm)")
-    g.add_argument("--specials", choices=[s.value for s in __import__("pipeline.config").config.Specials],
+    g.add_argument("--specials", choices=[s.value for s in Specials],
                    help=h("specials"))
     g.add_argument("--bos-token", help=h("bos_token"))
     g.add_argument("--eos-token", help=h("eos_token"))

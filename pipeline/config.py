@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from shards.errors import ConfigError
-from shards.fs import is_local
-from shards.tokenizer import DEFAULT_TOKENIZER, PRESETS
+from steppack.shards.errors import ConfigError
+from steppack.shards.fs import is_local
+from steppack.shards.tokenizer import DEFAULT_TOKENIZER, PRESETS
 
 
 FORMATS = ("jsonl", "parquet", "text", "hf")

@@ -25,7 +25,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from shards.errors import ConfigError
+from steppack.shards.errors import ConfigError
 
 ENGINES = ("auto", "fast", "hf")
 FAST_LIBRARY = "fastokens"

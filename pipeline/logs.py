@@ -24,7 +24,7 @@ NOISE = (
     "No semi_persistent_directory found",
     "Could not find a compatible bson package",  # MongoDB IO, which the job does not use
     # FnApiRunner asks for its multi_processing mode when workers > 1; run.py gives it the same
-    # subprocess workers through its own command (pipeline.worker), in the in_memory mode.
+    # subprocess workers through its own command (steppack.pipeline.worker), in the in_memory mode.
     "If direct_num_workers is not equal to 1",
 )
 

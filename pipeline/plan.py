@@ -32,7 +32,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
 
-from shards.errors import InternalError
+from steppack.shards.errors import InternalError
 
 
 def doc_id(source: str, key: str, record: int) -> int:

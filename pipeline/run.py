@@ -1,7 +1,7 @@
 """Launching the job: checks before any work, the runner, a live progress line, the summary.
 
 Locally the runner is Beam's FnApiRunner with `--workers` SDK worker processes, as its
-`multi_processing` mode starts them (through `pipeline.worker`, which only quiets their terminal
+`multi_processing` mode starts them (through `steppack.pipeline.worker`, which only quiets their terminal
 output), each tokenizing with cores // workers threads. It is named explicitly: in Beam 2.77 the default DirectRunner
 first tries to download the Prism binary, which an offline machine would wait on. Any other
 `--runner` (DataflowRunner, PortableRunner) comes with the flags Beam's PipelineOptions take.
@@ -16,9 +16,9 @@ import sys
 import threading
 import time
 
-from shards import dtype_for_vocab, fs
-from shards.errors import ConfigError
-from shards.format import MANIFEST_NAME, REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, STEPS_DIR
+from steppack.shards import dtype_for_vocab, fs
+from steppack.shards.errors import ConfigError
+from steppack.shards.format import MANIFEST_NAME, REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, STEPS_DIR
 
 from . import buckets as bk
 from . import engines
@@ -70,7 +70,7 @@ def pipeline_options(cfg: JobConfig, beam_args: list[str]):
         options.view_as(TypeOptions).pipeline_type_check = False
     if runner is None:
         # `--workers` processes of Beam's SDK harness (make_runner), as its multi_processing mode
-        # starts them, through pipeline.worker so that they print errors only.
+        # starts them, through steppack.pipeline.worker so that they print errors only.
         options.view_as(DirectOptions).direct_num_workers = cfg.workers
     elif "Dataflow" in runner:
         # Remote workers see neither the launcher's disk nor its working directory.

@@ -27,7 +27,7 @@ from typing import Iterator, NamedTuple
 
 import orjson
 
-from shards.errors import ConfigError, InputError
+from steppack.shards.errors import ConfigError, InputError
 
 from .config import JobConfig, SourceConfig, text_fields
 
@@ -125,7 +125,7 @@ def _key(path: str, root: str) -> str:
     return path[len(root):].lstrip("/") if root and path.startswith(root + "/") else path.lstrip("/")
 
 
-SCHEME_NEEDS = {"s3": ("boto3", "apache-beam[aws]"), "gs": ("google.cloud.storage", "apache-beam[gcp]")}
+SCHEME_NEEDS = {"s3": ("boto3", "steppack[s3]"), "gs": ("google.cloud.storage", "steppack[gcp]")}
 """What Beam's filesystem for a scheme needs installed, and the extra that installs it."""
 
 

@@ -13,9 +13,9 @@ import os
 
 import numpy as np
 
-from shards import TokenizerInfo, dtype_for_vocab
-from shards import tokenizer as shtok
-from shards.errors import ConfigError
+from steppack.shards import TokenizerInfo, dtype_for_vocab
+from steppack.shards import tokenizer as shtok
+from steppack.shards.errors import ConfigError
 
 from . import engines
 from .config import JobConfig, Specials

@@ -37,11 +37,11 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
-from shards import (
+from steppack.shards import (
     Manifest, MixtureInfo, RowBlock, SourceInfo, StageInfo, TokenizerInfo, fs, open_step, write_manifest, write_step,
 )
-from shards.format import REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, step_file_name
-from shards.writer import write_blocks
+from steppack.shards.format import REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, step_file_name
+from steppack.shards.writer import write_blocks
 
 from . import buckets as bk
 from .config import JobConfig
@@ -600,7 +600,7 @@ def manifest_config(cfg: JobConfig) -> dict:
 
 
 def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int, plan: dict) -> dict:
-    from shards import FileInfo
+    from steppack.shards import FileInfo
 
     steps = sorted((i for i in infos if i["step"] >= 0), key=lambda i: i["step"])
     rem = [i for i in infos if i["step"] < 0]

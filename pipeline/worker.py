@@ -16,7 +16,7 @@ from .logs import quiet_logging
 
 def command() -> str:
     """The command line of a local worker process."""
-    return f"{sys.executable} -m pipeline.worker"
+    return f"{sys.executable} -m steppack.pipeline.worker"
 
 
 def main() -> None:

@@ -5,7 +5,7 @@ Reading and writing live here, and nothing here imports torch or Beam.
 
 import importlib
 
-# Names resolve on first use (PEP 562): `from shards.errors import ...` and the command line's
+# Names resolve on first use (PEP 562): `from steppack.shards.errors import ...` and the command line's
 # start-up do not pay for pyarrow and numpy (~0.5 s) until something needs them.
 _HOME = {
     "ConfigError": "errors", "FormatError": "errors", "InputError": "errors", "InternalError": "errors",

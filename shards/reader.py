@@ -27,7 +27,7 @@ class StepFile:
     """One open step (or remainder) file.
 
     A local uncompressed file is memory-mapped; its metadata and the place of every record batch's
-    buffers come straight from the IPC flatbuffers (`shards.ipc`), so reads build no pyarrow
+    buffers come straight from the IPC flatbuffers (`steppack.shards.ipc`), so reads build no pyarrow
     objects. pyarrow reads remote and compressed files, and `check_schema()` (which `verify` calls)
     checks the whole schema of any file."""
 

@@ -10,13 +10,13 @@ import argparse
 import importlib
 import sys
 
-from shards.errors import SteppackError
+from steppack.shards.errors import SteppackError
 
 # name -> (module, one-line help). Modules are imported only for the subcommand that runs.
 COMMANDS = {
-    "prepare": ("pipeline.cli", "Run the Beam job: corpus files -> tokenized, shuffled, packed step shards."),
-    "shards": ("shards.cli", "Inspect and verify a prepared output: ls, stats, show, verify."),
-    "train": ("trainer.cli", "Train a DeepSeek-style decoder, reading step s from shard s (torchrun for several ranks)."),
+    "prepare": ("steppack.pipeline.cli", "Run the Beam job: corpus files -> tokenized, shuffled, packed step shards."),
+    "shards": ("steppack.shards.cli", "Inspect and verify a prepared output: ls, stats, show, verify."),
+    "train": ("steppack.trainer.cli", "Train a DeepSeek-style decoder, reading step s from shard s (torchrun for several ranks)."),
 }
 
 
@@ -38,6 +38,10 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# An optional dependency a subcommand imports when it runs: the extra that installs it.
+EXTRAS = {"torch": "train"}
+
+
 class _Version(argparse.Action):
     """--version, looked up only when asked (it imports the manifest module: numpy, pyarrow)."""
 
@@ -45,7 +49,7 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
     def __call__(self, parser, namespace, values, option_string=None):
-        from shards.manifest import tool_version
+        from steppack.shards.manifest import tool_version
 
         print(f"steppack {tool_version()}")
         parser.exit()
@@ -66,6 +70,12 @@ def _main(argv: list[str] | None) -> tuple[int, argparse.Namespace | None]:
         return int(args._main(args) or 0), args
     except SteppackError as exc:
         print(f"steppack {args.command}: error: {exc}", file=sys.stderr)
+        return 2, args
+    except ModuleNotFoundError as exc:
+        if exc.name not in EXTRAS:
+            raise
+        print(f"steppack {args.command}: error: this needs {exc.name}, which is not installed: "
+              f"pip install 'steppack[{EXTRAS[exc.name]}]'", file=sys.stderr)
         return 2, args
     except KeyboardInterrupt:
         print(f"steppack {args.command}: interrupted", file=sys.stderr)

@@ -17,11 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from shards import (
+from steppack.shards import (
     FileInfo, Manifest, MixtureInfo, RowBlock, SourceInfo, StageInfo, TokenizerInfo, read_manifest, step_file_name,
     write_manifest, write_step,
 )
-from shards.format import REMAINDER_FILE
+from steppack.shards.format import REMAINDER_FILE
 
 Row = tuple  # (tokens, doc_lens, doc_ids, sources), as RowBlock.from_rows takes them
 
@@ -165,8 +165,8 @@ def rewrite_step(out: str, step: int, block: RowBlock, **manifest_fields) -> Non
 
 def read_block(out: str, step: int) -> RowBlock:
     """Step `step`'s rows as a RowBlock of arrays the caller may change."""
-    from shards import open_step
-    from shards.fs import join
+    from steppack.shards import open_step
+    from steppack.shards.fs import join
 
     with open_step(join(out, step_file_name(step))) as f:
         b = f.read()

@@ -6,11 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import engines
-from pipeline.config import build
-from pipeline.engines import Encoded, FastEngine, Guard, HFEngine, choose, probe
-from pipeline.tokenize import DocTokenizer, split_text, tokenizer_info, tokenizer_json
-from shards.errors import ConfigError
+from steppack.pipeline import engines
+from steppack.pipeline.config import build
+from steppack.pipeline.engines import Encoded, FastEngine, Guard, HFEngine, choose, probe
+from steppack.pipeline.tokenize import DocTokenizer, split_text, tokenizer_info, tokenizer_json
+from steppack.shards.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

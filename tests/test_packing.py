@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.packing import BestFitPacker, ConcatPacker, Doc, Packing, concat_layout, cut_documents, pack
+from steppack.pipeline.packing import BestFitPacker, ConcatPacker, Doc, Packing, concat_layout, cut_documents, pack
 
 PAD = 0
 

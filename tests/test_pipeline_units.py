@@ -16,13 +16,13 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.config import build, rows_from_batch_tokens, text_fields
-from pipeline.plan import Slice, Stream, doc_id, make_plan, permutation, quotas, shuffle_key
-from pipeline.schedule import deal_order, loads_of
-from pipeline.sources import detect_format, make_text
-from pipeline.tokenize import split_text
-from pipeline.transforms import SumDicts
-from shards.errors import ConfigError
+from steppack.pipeline.config import build, rows_from_batch_tokens, text_fields
+from steppack.pipeline.plan import Slice, Stream, doc_id, make_plan, permutation, quotas, shuffle_key
+from steppack.pipeline.schedule import deal_order, loads_of
+from steppack.pipeline.sources import detect_format, make_text
+from steppack.pipeline.tokenize import split_text
+from steppack.pipeline.transforms import SumDicts
+from steppack.shards.errors import ConfigError
 
 
 def test_doc_ids_and_shuffle_keys_are_stable_known_values():
@@ -202,8 +202,8 @@ def test_deal_order_deals_every_unit_once_evenly_and_heaviest_first(weights, wor
 
 
 def test_read_batches_fill_across_units_and_keep_every_record_once(tmp_path):
-    from pipeline.sources import discover
-    from pipeline.transforms import BATCH_DOCS, ReadFn
+    from steppack.pipeline.sources import discover
+    from steppack.pipeline.transforms import BATCH_DOCS, ReadFn
 
     for i in range(3):  # one document per text file: one unit each
         (tmp_path / f"doc{i}.txt").write_text(f"document {i}")
@@ -230,7 +230,7 @@ def test_compressed_jsonl_reads_every_member_and_frame_and_rejects_damage(tmp_pa
 
     import zstandard
 
-    from pipeline.sources import discover, read_unit
+    from steppack.pipeline.sources import discover, read_unit
 
     import random
 
@@ -269,7 +269,7 @@ def test_spills_and_row_files_go_through_arrow_without_pandas(tmp_path):
     code = (
         "import sys, numpy as np\n"
         "from pipeline import buckets as bk\n"
-        "from pipeline.packing import Doc\n"
+        "from steppack.pipeline.packing import Doc\n"
         "from shards import RowBlock, open_step, write_step\n"
         "out = sys.argv[1]\n"
         "docs = [Doc(np.arange(n, dtype=np.uint32) + 7, 100 + n, n % 3) for n in (5, 1, 9)]\n"
@@ -288,7 +288,7 @@ def test_spills_and_row_files_go_through_arrow_without_pandas(tmp_path):
 GOAWAY = r"""
 import sys, threading, time
 if "--quiet" in sys.argv:
-    from pipeline.logs import quiet_grpc
+    from steppack.pipeline.logs import quiet_grpc
     quiet_grpc()
 import grpc
 from concurrent import futures
@@ -340,7 +340,7 @@ def test_workers_do_not_print_grpc_shutdown_chatter():
 
 
 def test_quiet_grpc_keeps_a_users_own_verbosity(monkeypatch):
-    from pipeline.logs import quiet_grpc
+    from steppack.pipeline.logs import quiet_grpc
 
     monkeypatch.delenv("GRPC_VERBOSITY", raising=False)
     quiet_grpc()
@@ -358,7 +358,7 @@ def _jsonl(path, n):
 
 
 def _keys(tmp_path, *patterns):
-    from pipeline.sources import discover
+    from steppack.pipeline.sources import discover
 
     cfg = build(None, str(tmp_path), {"input": list(patterns), "output": str(tmp_path / "out")})
     units, _ = discover(cfg)

@@ -12,8 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from shards import read_manifest
-from shards.verify import verify
+from steppack.shards import read_manifest
+from steppack.shards.verify import verify
 
 from .test_prepare_support import check_round_trip, expected_documents, parse, prepare
 
@@ -175,8 +175,8 @@ def test_an_input_without_a_single_record_gives_an_empty_but_complete_output(tmp
 
 
 def test_deeply_nested_and_oversized_json_are_rejects_with_reasons_not_a_crash(tmp_path):
-    from pipeline.config import build
-    from pipeline.sources import Reject, discover, read_unit
+    from steppack.pipeline.config import build
+    from steppack.pipeline.sources import Reject, discover, read_unit
 
     d = tmp_path / "in"
     d.mkdir()

@@ -7,8 +7,8 @@ import os
 
 import pytest
 
-from shards import read_manifest
-from shards.verify import verify
+from steppack.shards import read_manifest
+from steppack.shards.verify import verify
 
 from .test_prepare_support import SAMPLES, check_round_trip, corpus, output_bytes, parse, prepare  # noqa: F401 (fixture)
 
@@ -40,7 +40,7 @@ def rows_digest(out: str) -> str:
     """sha256 over every row's columns, steps then remainder: the content, not the file layout."""
     import hashlib
 
-    from shards import open_step
+    from steppack.shards import open_step
 
     m = read_manifest(out)
     h = hashlib.sha256()
@@ -143,7 +143,7 @@ def test_the_fast_engine_writes_the_hf_engine_s_bytes_over_the_whole_corpus(tmp_
 
 
 def test_a_tokenizer_json_path_is_shipped_to_workers_and_recorded(tmp_path):
-    from shards import tokenizer as shtok
+    from steppack.shards import tokenizer as shtok
 
     path = shtok.resolve_path("deepseek-llm")
     out = str(tmp_path / "out")

@@ -10,9 +10,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from shards import open_step, read_manifest
-from shards.stats import compute
-from shards.verify import verify
+from steppack.shards import open_step, read_manifest
+from steppack.shards.stats import compute
+from steppack.shards.verify import verify
 
 from .test_prepare_support import SAMPLES, check_round_trip, parse, prepare
 from steppack.cli import main as steppack_main

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from shards.verify import verify
+from steppack.shards.verify import verify
 
 from .test_prepare_support import REPO, SAMPLES, output_bytes, prepare
 

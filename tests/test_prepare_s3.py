@@ -14,8 +14,8 @@ import urllib.request
 import numpy as np
 import pytest
 
-from shards import open_step, read_manifest
-from shards.verify import verify
+from steppack.shards import open_step, read_manifest
+from steppack.shards.verify import verify
 
 from .test_prepare_support import REPO, SAMPLES, output_bytes, prepare
 
@@ -140,5 +140,5 @@ def test_s3_input_without_boto3_says_what_to_install(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, "prepare", "--input", "s3://corpus/in/*.jsonl",
                         "--output", str(tmp_path / "out")], capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "reading s3:// needs boto3" in r.stderr and "pip install 'apache-beam[aws]'" in r.stderr
+    assert "reading s3:// needs boto3" in r.stderr and "pip install 'steppack[s3]'" in r.stderr
     assert "Traceback" not in r.stderr

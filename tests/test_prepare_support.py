@@ -13,15 +13,15 @@ import os
 import numpy as np
 import pytest
 
-from pipeline.cli import add_arguments, config_from_args
-from pipeline.plan import doc_id
-from pipeline.sources import Reject, discover, read_unit
-from pipeline.tokenize import split_text
-from pipeline.transforms import drop_reason
-from shards import open_step, read_manifest
-from shards import stats as shards_stats
-from shards import tokenizer as shtok
-from shards.format import REPORT_NAME
+from steppack.pipeline.cli import add_arguments, config_from_args
+from steppack.pipeline.plan import doc_id
+from steppack.pipeline.sources import Reject, discover, read_unit
+from steppack.pipeline.tokenize import split_text
+from steppack.pipeline.transforms import drop_reason
+from steppack.shards import open_step, read_manifest
+from steppack.shards import stats as shards_stats
+from steppack.shards import tokenizer as shtok
+from steppack.shards.format import REPORT_NAME
 from steppack.cli import main as steppack_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from shards import FileInfo, Manifest, RowBlock, SourceInfo, TokenizerInfo, step_file_name, write_manifest, write_step
-from shards import tokenizer as tk
+from steppack.shards import FileInfo, Manifest, RowBlock, SourceInfo, TokenizerInfo, step_file_name, write_manifest, write_step
+from steppack.shards import tokenizer as tk
 from steppack.cli import main
 from tests.shardgen import make_output, write_output
 

@@ -12,12 +12,12 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from shards import (
+from steppack.shards import (
     ConfigError, FormatError, Manifest, RowBlock, dtype_for_vocab, encode_step, open_step, rank_micro_batches,
     rank_rows, read_manifest, step_file_name, step_schema, write_step,
 )
-from shards import ipc
-from shards.format import META_VERSION, arrow_array, numpy_view
+from steppack.shards import ipc
+from steppack.shards.format import META_VERSION, arrow_array, numpy_view
 from tests.shardgen import make_output
 
 
@@ -270,7 +270,7 @@ def test_take_gives_the_chosen_rows_in_the_chosen_order(block_seq_dtype, data):
 @given(row_blocks(), st.integers(1, 7), st.sampled_from([None, "zstd"]), st.data())
 def test_write_blocks_gives_write_step_s_bytes_for_the_rows_in_any_blocks(tmp_path_factory, block_seq_dtype,
                                                                            batch_rows, compression, data):
-    from shards.writer import write_blocks
+    from steppack.shards.writer import write_blocks
 
     block, seq_len, dtype = block_seq_dtype
     cuts = sorted(data.draw(st.lists(st.integers(0, block.num_rows), max_size=4)))

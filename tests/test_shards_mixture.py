@@ -9,8 +9,8 @@ import json
 import numpy as np
 import pytest
 
-from shards import read_manifest, write_manifest
-from shards.verify import verify
+from steppack.shards import read_manifest, write_manifest
+from steppack.shards.verify import verify
 from steppack.cli import main
 from tests.shardgen import make_mixture_output, quotas, read_block, rewrite_step
 

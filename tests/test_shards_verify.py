@@ -10,9 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from shards import RowBlock, read_manifest, step_file_name, write_manifest
-from shards.verify import verify
-from shards.writer import file_info, to_table
+from steppack.shards import RowBlock, read_manifest, step_file_name, write_manifest
+from steppack.shards.verify import verify
+from steppack.shards.writer import file_info, to_table
 from steppack.cli import main
 from tests.shardgen import make_output, random_rows, write_output
 

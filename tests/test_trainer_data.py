@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from shards import read_manifest
-from shards.errors import ConfigError
+from steppack.shards import read_manifest
+from steppack.shards.errors import ConfigError
 from steppack.cli import main
 from tests.shardgen import make_output
 from tests.test_trainer_support import tokens_of, train_args, write_rows
-from trainer.data import StepStream, check_model_fits_data, manifest_identity, total_steps
+from steppack.trainer.data import StepStream, check_model_fits_data, manifest_identity, total_steps
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shards.errors import ConfigError
-from trainer.data import MicroBatch
-from trainer.model import IGNORE, PRESETS, Decoder, next_token_loss_sum, preset
-from trainer.targets import doc_layout, make_targets
+from steppack.shards.errors import ConfigError
+from steppack.trainer.data import MicroBatch
+from steppack.trainer.model import IGNORE, PRESETS, Decoder, next_token_loss_sum, preset
+from steppack.trainer.targets import doc_layout, make_targets
 
 CPU = torch.device("cpu")
 

@@ -5,11 +5,11 @@ import os
 import pytest
 import torch
 
-from shards.errors import ConfigError
+from steppack.shards.errors import ConfigError
 from steppack.cli import main
 from tests.shardgen import make_output
 from tests.test_trainer_support import digests, read_metrics, torchrun, train_args
-from trainer import checkpoint
+from steppack.trainer import checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def test_resume_refuses_data_whose_manifest_changed(out, tmp_path, capsys):
 def test_resume_refuses_a_changed_schedule_naming_both_values(out, tmp_path):
     _train(out, tmp_path, "sched", "--exit-after", "1")
     with pytest.raises(ConfigError, match="total_steps 6 in the checkpoint vs 4 now"):
-        from trainer.config import TrainConfig
-        from trainer.train import run
+        from steppack.trainer.config import TrainConfig
+        from steppack.trainer.train import run
         run(TrainConfig(data=out, vocab_size=512, context=32, warmup_steps=2, max_lr=3e-3, quiet=True,
                         micro_batch=2, ckpt_dir=str(tmp_path / "ckpt-sched"), resume=True, steps=4))
 

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from trainer.model import Decoder, preset
-from trainer.optim import BETAS, Schedule, make_optimizer
+from steppack.trainer.model import Decoder, preset
+from steppack.trainer.optim import BETAS, Schedule, make_optimizer
 
 # steps=100, warmup=10, peak 1.0: linear warm-up, peak to step 79, x0.316 for 80..89, x0.1 from 90.
 TABLE_100 = [

@@ -10,15 +10,15 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shards import read_manifest, write_manifest
-from shards.errors import FormatError
+from steppack.shards import read_manifest, write_manifest
+from steppack.shards.errors import FormatError
 from steppack.cli import main
 from tests.shardgen import make_output
 from tests.test_trainer_support import read_metrics, torchrun, train_args
-from trainer.data import MicroBatch, StepStream
-from trainer.model import IGNORE, Decoder, next_token_loss_sum, next_token_losses, preset
-from trainer.source_loss import label_sources, source_counts, source_fields, source_sums
-from trainer.targets import make_targets, position_sources
+from steppack.trainer.data import MicroBatch, StepStream
+from steppack.trainer.model import IGNORE, Decoder, next_token_loss_sum, next_token_losses, preset
+from steppack.trainer.source_loss import label_sources, source_counts, source_fields, source_sums
+from steppack.trainer.targets import make_targets, position_sources
 
 CPU = torch.device("cpu")
 

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from shards import Manifest, RowBlock, SourceInfo, TokenizerInfo, step_file_name, write_manifest, write_step
+from steppack.shards import Manifest, RowBlock, SourceInfo, TokenizerInfo, step_file_name, write_manifest, write_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -55,7 +55,7 @@ def digests(metrics: list[dict]) -> dict[int, int]:
 
 
 def tokens_of(out: str, step: int) -> np.ndarray:
-    from shards import open_step, read_manifest
+    from steppack.shards import open_step, read_manifest
 
     m = read_manifest(out)
     with open_step(os.path.join(out, m.steps[step].file)) as f:

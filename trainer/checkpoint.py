@@ -2,7 +2,7 @@
 
 `ckpt-00000123.pt` holds the state after 123 completed steps (the next step to run is 123): model,
 optimizer (AdamW moments and step counts), schedule, RNG states, the manifest identity (sha256 of
-the step checksums, `trainer.data.manifest_identity`) and the resolved config. It is written to a
+the step checksums, `steppack.trainer.data.manifest_identity`) and the resolved config. It is written to a
 temporary name in the same directory, flushed and renamed into place, so a job killed mid-write
 leaves the previous checkpoint as the newest complete one. Only rank 0 writes (DDP keeps every
 rank's model and optimizer identical).
@@ -25,7 +25,7 @@ import re
 import numpy as np
 import torch
 
-from shards.errors import ConfigError, FormatError
+from steppack.shards.errors import ConfigError, FormatError
 
 NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
 

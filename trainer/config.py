@@ -2,7 +2,7 @@
 
 Each field's `help` metadata becomes its flag's help text (`--max-lr` for `max_lr`), so the flags, the
 checkpointed config and the docs cannot drift apart. Rules that involve the data (vocabulary,
-context, divisibility of rows) are checked against the manifest in `trainer.data`, not here.
+context, divisibility of rows) are checked against the manifest in `steppack.trainer.data`, not here.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from shards.errors import ConfigError
+from steppack.shards.errors import ConfigError
 
 ATTENTION = ("causal", "doc")
 

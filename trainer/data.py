@@ -2,7 +2,7 @@
 
 The loader is a pure function of (step, rank, world_size, micro_batch): no sampler state, no index
 to build at start-up, nothing to checkpoint but the step. Which rows a rank reads comes from
-`shards.slicing.rank_micro_batches`, the function `verify` uses too, so a step is made of the same
+`steppack.shards.slicing.rank_micro_batches`, the function `verify` uses too, so a step is made of the same
 rows whatever the world size; resuming on a different number of ranks changes who reads a row,
 never which rows make up the step.
 
@@ -17,7 +17,7 @@ row is padding) when the step has padding, `doc_lens` for intra-document attenti
 with `source` for the per-source loss of a mixture. These are per piece, not per token (a 1024-row
 step of 4096-token rows holds a few thousand pieces: tens of KiB against the tokens' 16 MiB). Labels,
 positions, masks and per-position sources are built from them where the model runs
-(`trainer.targets`).
+(`steppack.trainer.targets`).
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from shards import fs
-from shards.errors import ConfigError, FormatError
-from shards.manifest import FileInfo, Manifest
-from shards.reader import StepFile, open_step
-from shards.rows import row_used
-from shards.slicing import rank_micro_batches
+from steppack.shards import fs
+from steppack.shards.errors import ConfigError, FormatError
+from steppack.shards.manifest import FileInfo, Manifest
+from steppack.shards.reader import StepFile, open_step
+from steppack.shards.rows import row_used
+from steppack.shards.slicing import rank_micro_batches
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from shards.errors import ConfigError
+from steppack.shards.errors import ConfigError
 
 
 @dataclass(frozen=True)

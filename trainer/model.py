@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shards.errors import ConfigError
+from steppack.shards.errors import ConfigError
 
 IGNORE = -100  # label of positions that carry no next-token loss (padding, row and document ends)
 

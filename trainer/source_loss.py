@@ -5,7 +5,7 @@ otherwise a row's pieces may come from different sources). Each piece's source i
 shard's `source` column, parallel to `doc_lens`; the manifest's `sources[i].name` names it.
 
 A label belongs to the source of the piece holding the position it is predicted *from* (the input
-position, as in `trainer.targets`): with causal attention the last token of document A predicts the
+position, as in `steppack.trainer.targets`): with causal attention the last token of document A predicts the
 first token of the next document B, and that label counts for A's source.
 
     tokens   A0 A1 A2 B0 B1 P        A from source 0 (gsm8k), B from source 1 (proofs)
@@ -13,7 +13,7 @@ first token of the next document B, and that label counts for A's source.
     source   0  0  0  1  -1 -1       -1: no label (row end, padding, a document end under 'doc')
 
 Per micro-batch: label counts per source (before the forward pass: they need only labels) and loss
-sums per source from the per-position losses (`trainer.model.next_token_losses`). Both are summed
+sums per source from the per-position losses (`steppack.trainer.model.next_token_losses`). Both are summed
 over micro-batches and ranks by the collectives the step makes anyway. They are statistics: the
 step's loss and gradient do not depend on them.
 

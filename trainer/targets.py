@@ -13,7 +13,7 @@ two documents `AAA` `BBBB` and one padding token P::
 
 With attention='doc' a row is then computed exactly as its documents would be one by one.
 A label counts for the source of the position it is predicted *from* (its input position): in the
-causal row above, the label B0 at position 2 is a's (see `trainer.source_loss`).
+causal row above, the label B0 at position 2 is a's (see `steppack.trainer.source_loss`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from shards.rows import row_used
+from steppack.shards.rows import row_used
 
 from .data import MicroBatch
 from .model import IGNORE

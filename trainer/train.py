@@ -8,7 +8,7 @@ and micro-batch: changing either between restarts changes only float summation o
 
 Per step, rank 0 appends a JSON line to --metrics and prints a progress line; at the end, a summary.
 When the manifest lists more than one source, the line also carries each source's mean loss and label
-count (`trainer.source_loss`), carried by the same two all-reduces.
+count (`steppack.trainer.source_loss`), carried by the same two all-reduces.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from dataclasses import asdict
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from shards.errors import InternalError
-from shards.manifest import read_manifest
+from steppack.shards.errors import InternalError
+from steppack.shards.manifest import read_manifest
 
 from . import checkpoint, dist
 from .config import TrainConfig
