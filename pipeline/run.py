@@ -18,38 +18,41 @@ import time
 
 from steppack.shards import dtype_for_vocab, fs
 from steppack.shards.errors import ConfigError
-from steppack.shards.format import MANIFEST_NAME, REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, STEPS_DIR
+from steppack.shards.format import MANIFEST_NAME, REPORT_NAME
 
-from . import buckets as bk
-from . import engines
+from . import claim, engines
 from .config import JobConfig
 from .logs import quiet_grpc, quiet_logging
 from .sources import discover
 from .tokenize import THREADS_ENV, tokenizer_info, tokenizer_json
 
 
-def check_output(cfg: JobConfig) -> None:
-    """Refuse an output holding a complete manifest unless --overwrite; clear what a previous run left."""
+def check_output(cfg: JobConfig, run_id: str) -> None:
+    """Claim the output for this run (pipeline/claim.py), refuse one holding a complete manifest
+    unless --overwrite, and clear what a previous run wrote there."""
     out = cfg.output
-    if fs.exists(fs.join(out, MANIFEST_NAME)):
-        if not cfg.overwrite:
-            raise ConfigError(
-                f"{out} already holds a complete output ({MANIFEST_NAME}); pass --overwrite to replace it, "
-                "or choose another --output"
-            )
     if fs.is_local(out):
         root = fs.local_path(out)
         if os.path.exists(root) and not os.path.isdir(root):
             raise ConfigError(f"--output {out} is a file, not a directory")
     try:
-        for name in (MANIFEST_NAME, REPORT_NAME):
-            fs.remove(fs.join(out, name))  # the manifest first: a half-replaced output must not look complete
-        for d in (STEPS_DIR, os.path.dirname(REMAINDER_FILE), REJECTS_DIR, bk.WORK_DIR):
-            fs.remove_tree(fs.join(out, d))
-        if fs.is_local(out):
-            os.makedirs(fs.local_path(out), exist_ok=True)
+        claim.check_reusable(out)
+        claim.acquire(out, run_id)
     except OSError as exc:  # a missing bucket, no permission, a read-only disk
         raise ConfigError(f"--output {out} cannot be prepared for writing: {exc}") from exc
+    try:
+        if fs.exists(fs.join(out, MANIFEST_NAME)) and not cfg.overwrite:
+            raise ConfigError(
+                f"{out} already holds a complete output ({MANIFEST_NAME}); pass --overwrite to replace it, "
+                "or choose another --output"
+            )
+        claim.mark_and_clear(out)
+    except OSError as exc:
+        claim.release(out, run_id)
+        raise ConfigError(f"--output {out} cannot be prepared for writing: {exc}") from exc
+    except BaseException:
+        claim.release(out, run_id)
+        raise
 
 
 def pipeline_options(cfg: JobConfig, beam_args: list[str]):
@@ -207,10 +210,6 @@ def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = Fal
     beam_args = list(beam_args or [])
     quiet_grpc()  # before this process loads gRPC or starts a worker
     quiet_logging()  # before Beam's imports, which log through the root logger
-    import apache_beam as beam
-
-    from .transforms import Job, Prepare, make_groups
-
     # The local job service logs every SDK worker's start-up chatter at WARNING; keep real errors.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     options, runner_name = pipeline_options(cfg, beam_args)
@@ -226,9 +225,26 @@ def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = Fal
     if warning:
         logging.getLogger("steppack.prepare").warning(warning)
     units, source_bytes = discover(cfg)
-    check_output(cfg)
+    run_id = claim.new_run_id()
+    check_output(cfg, run_id)
+    try:
+        report = _run_job(cfg, options, runner_name, run_id, info, engine, source_bytes, units, started, quiet)
+    finally:
+        claim.release(cfg.output, run_id)
+    report["wall_seconds_launcher"] = round(time.time() - started, 3)
+    if not quiet:
+        print(summary(report, cfg.output))
+    return report
+
+
+def _run_job(cfg, options, runner_name, run_id, info, engine, source_bytes, units, started, quiet) -> dict:
+    import apache_beam as beam
+
+    from .transforms import Job, Prepare, make_groups
+
     job = Job(cfg=cfg, tokenizer=info, dtype=dtype_for_vocab(info.vocab_size),
-              groups=make_groups(cfg, source_bytes), engine=engine, started=started, input_bytes=sum(source_bytes))
+              groups=make_groups(cfg, source_bytes), engine=engine, started=started, input_bytes=sum(source_bytes),
+              run_id=run_id)
     if runner_name is None:
         tokenizer_threads(cfg)
     progress = Progress(cfg.output, started) if fs.is_local(cfg.output) and not quiet else None
@@ -242,10 +258,10 @@ def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = Fal
     finally:
         if progress:
             progress.finish()
+    if not claim.held_by(cfg.output, run_id):
+        raise ConfigError(f"the claim on {cfg.output} was taken from this run while it ran (deleted by hand?): "
+                          "this run committed nothing; run it again")
     report = json.loads(fs.read_bytes(fs.join(cfg.output, REPORT_NAME)))
     if "error" in report:
         raise ConfigError(f"prepare stopped, no output written: {report['error']}")
-    report["wall_seconds_launcher"] = round(time.time() - started, 3)
-    if not quiet:
-        print(summary(report, cfg.output))
     return report

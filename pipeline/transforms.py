@@ -44,6 +44,7 @@ from steppack.shards.format import REJECTS_DIR, REMAINDER_FILE, REPORT_NAME, ste
 from steppack.shards.writer import write_blocks
 
 from . import buckets as bk
+from . import claim
 from .config import JobConfig
 from .packing import ConcatPacker, Doc, Packing, concat_layout, cut_documents, packer
 from .plan import EmptyStream, Stream, derive_seed, doc_id, make_plan, permutation, shuffle_key
@@ -96,6 +97,8 @@ class Job:
     started: float
     """Wall-clock start (time.time()) of the launch, for report.json."""
     input_bytes: int
+    run_id: str
+    """The run's claim on the output (pipeline/claim.py), checked before the manifest is committed."""
 
     @property
     def out(self) -> str:
@@ -653,6 +656,8 @@ def remove_work(out: str) -> None:
 
 
 def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list, plan: dict):
+    if not claim.held_by(job.out, job.run_id):
+        return  # another run holds the output now: commit nothing (the launcher says so)
     if plan.get("error"):
         fs.write_bytes(fs.join(job.out, REPORT_NAME), (json.dumps({"error": plan["error"]}) + "\n").encode("utf-8"))
         return
@@ -666,6 +671,7 @@ def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list, plan: di
     sources = [SourceInfo(name=s.name, documents=stats.get(f"source_documents/{i}", 0),
                           tokens=stats.get(f"source_tokens/{i}", 0)) for i, s in enumerate(job.cfg.sources)]
     report["sources"] = [dict(name=s.name, documents=s.documents, tokens=s.tokens) for s in sources]
+    report["run_id"] = job.run_id
     fs.write_bytes(fs.join(job.out, REPORT_NAME), (json.dumps(report, indent=1) + "\n").encode("utf-8"))
     mix = plan.get("mixture")
     if mix is not None:

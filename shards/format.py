@@ -35,6 +35,8 @@ REPORT_NAME = "report.json"
 STEPS_DIR = "steps"
 REMAINDER_FILE = "remainder/remainder.arrow"
 REJECTS_DIR = "rejects"
+CLAIM_NAME = "claim.json"  # exists while a prepare run writes the output (pipeline/claim.py)
+MARKER_NAME = ".steppack"  # says a directory is a steppack output, so a run may clear what it wrote
 
 # Schema metadata keys (Arrow metadata is bytes -> bytes).
 META_FORMAT = b"steppack.format"

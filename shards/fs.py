@@ -121,6 +121,22 @@ def remove_tree(uri: str) -> None:
         pass
 
 
+def remove_dir_if_empty(uri: str) -> None:
+    """Delete directory `uri` if it exists and holds nothing (on an object store: its marker)."""
+    if is_local(uri):
+        try:
+            os.rmdir(local_path(uri))
+        except OSError:
+            pass
+        return
+    if not list_dir(uri):
+        fs, path = filesystem(uri)
+        try:
+            fs.delete_dir(path)
+        except OSError:
+            pass
+
+
 @contextmanager
 def atomic_output(uri: str) -> Iterator[pa.NativeFile]:
     """A writable stream whose contents appear at `uri` only once the block ends without error."""
@@ -145,6 +161,28 @@ def atomic_output(uri: str) -> Iterator[pa.NativeFile]:
         fs, path = filesystem(uri)
         with fs.open_output_stream(path) as f:
             yield f
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Create file `uri` holding `data` unless it exists; True when this call created it.
+
+    Local: one atomic O_CREAT | O_EXCL open. An object store offers no such call through pyarrow: the
+    object is written when absent and read back, so of two writers racing within the same moment
+    the one whose bytes are read back wins (the other gets False); callers that must be sure
+    check again before they commit (pipeline/claim.py does)."""
+    if is_local(uri):
+        path = local_path(uri)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return True
+    if exists(uri):
+        return False
+    write_bytes(uri, data)
+    return read_bytes(uri) == data
 
 
 def _umask() -> int:
