@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 
 from steppack.pipeline import claim
 from steppack.shards import read_manifest
@@ -116,3 +117,19 @@ def test_a_run_whose_claim_is_taken_while_it_runs_commits_nothing(tmp_path, caps
     # The step that commits (in a worker process) saw the other claim: no manifest, no report.
     assert not (out / "manifest.json").exists() and not (out / "report.json").exists()
     assert json.loads((out / CLAIM_NAME).read_text())["run_id"] == "f" * 32  # not released: not this run's
+
+
+def test_two_prepare_processes_racing_for_one_output_one_writes_it_the_other_is_refused(tmp_path):
+    out = tmp_path / "out"
+    cmd = [os.path.join(os.path.dirname(sys.executable), "steppack"), "prepare", "--quiet", *argv(out)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    for p in procs:
+        p.stdout.close()
+        p.stderr.close()
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 2], results
+    (err,) = [e for rc, e in results if rc == 2]
+    # Refused while the other ran, or after it had committed (then its manifest is what stops it).
+    assert "is being written by another prepare run" in err or "already holds a complete output" in err, err
+    assert verify(str(out)) == [] and not (out / CLAIM_NAME).exists()

@@ -98,3 +98,34 @@ def test_two_gloo_ranks_train_checkpoint_and_resume_on_one_rank_reading_the_same
     # Same gradients up to float summation order (2 ranks sum in another order than 1).
     for a, b in zip(mixed, one):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_a_fresh_run_into_a_directory_holding_checkpoints_is_refused_and_deletes_nothing(out, tmp_path, capsys):
+    _train(out, tmp_path, "theirs", "--exit-after", "2")
+    ckpt = tmp_path / "ckpt-theirs"
+    before = sorted(os.listdir(ckpt))
+    # Without --resume: before, this run's pruning deleted the other run's checkpoints and a later
+    # --resume continued them.
+    assert main(train_args(out, tmp_path, "--ckpt-dir", str(ckpt), "--micro-batch", "2",
+                           "--keep-checkpoints", "1")) == 2
+    assert "already holds checkpoints (newest ckpt-00000002.pt): pass --resume" in capsys.readouterr().err
+    assert sorted(os.listdir(ckpt)) == before
+
+
+@pytest.mark.parametrize("flag,then,now", [("--attention", "causal", "doc"), ("--grad-clip", "1.0", "0.5"),
+                                           ("--dtype", "fp32", "bf16"), ("--weight-decay", "0.1", "0.0")])
+def test_resume_refuses_a_changed_training_setting_naming_both_values(out, tmp_path, capsys, flag, then, now):
+    _train(out, tmp_path, "set", "--exit-after", "1", flag, then)
+    assert main(train_args(out, tmp_path, "--ckpt-dir", str(tmp_path / "ckpt-set"), "--micro-batch", "2",
+                           "--resume", flag, now)) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {then} in the checkpoint vs {now} now" in err, err
+
+
+def test_a_killed_checkpoint_write_leaves_no_temporary_file_after_the_next_start(out, tmp_path):
+    _train(out, tmp_path, "tmp", "--exit-after", "1")
+    ckpt = tmp_path / "ckpt-tmp"
+    (ckpt / "ckpt-00000002.pt.tmp-12345").write_bytes(b"half a checkpoint")  # as a killed write leaves it
+    (ckpt / "mine.txt").write_text("not steppack's")
+    _train(out, tmp_path, "tmp", "--resume", "--exit-after", "1")
+    assert sorted(os.listdir(ckpt)) == ["ckpt-00000001.pt", "ckpt-00000002.pt", "mine.txt"]

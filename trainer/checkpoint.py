@@ -42,6 +42,23 @@ def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
+TMP = re.compile(r"^ckpt-\d{8}\.pt\.tmp-\d+$")
+
+
+def prepare_dir(ckpt_dir: str, *, resume: bool, clean: bool) -> None:
+    """Before a run: refuse a fresh run into a directory holding checkpoints (its pruning would
+    delete them and a later --resume would continue them), and (clean: one rank) delete the
+    temporary files of checkpoint writes that were killed."""
+    found = list_checkpoints(ckpt_dir)
+    if found and not resume:
+        raise ConfigError(f"--ckpt-dir {ckpt_dir} already holds checkpoints (newest {os.path.basename(found[-1][1])}): "
+                          "pass --resume to continue that run, or choose another --ckpt-dir for a new one")
+    if clean and os.path.isdir(ckpt_dir):
+        for name in os.listdir(ckpt_dir):
+            if TMP.match(name):
+                os.remove(os.path.join(ckpt_dir, name))
+
+
 def latest(ckpt_dir: str) -> str | None:
     found = list_checkpoints(ckpt_dir)
     return found[-1][1] if found else None
@@ -110,7 +127,11 @@ def load(path: str) -> dict:
     return ckpt
 
 
-def check_resumable(ckpt: dict, path: str, *, manifest_id: str, model: dict, schedule: dict) -> None:
+# Training settings a resumed run must keep: each changes the loss curve from the resumed step on.
+FIXED = ("attention", "grad_clip", "dtype", "weight_decay")
+
+
+def check_resumable(ckpt: dict, path: str, *, manifest_id: str, model: dict, schedule: dict, config: dict) -> None:
     """Refuse a checkpoint that would not continue this run's loss curve."""
     if ckpt.get("manifest_id") != manifest_id:
         raise ConfigError(
@@ -124,3 +145,9 @@ def check_resumable(ckpt: dict, path: str, *, manifest_id: str, model: dict, sch
                 f"checkpoint {path} has a different {what}: "
                 + ", ".join(f"{k} {a} in the checkpoint vs {b} now" for k, (a, b) in diff.items())
                 + "; pass the original flags to resume")
+    then = ckpt.get("config") or {}
+    changed = [f"--{k.replace('_', '-')} {then[k]} in the checkpoint vs {config[k]} now"
+               for k in FIXED if k in then and then[k] != config[k]]
+    if changed:
+        raise ConfigError(f"checkpoint {path} was trained with other settings: {', '.join(changed)}; pass the "
+                          "original flags to resume (a change would alter the loss curve from here on)")

@@ -63,6 +63,8 @@ def _run(cfg: TrainConfig, d: dist.Dist) -> dict:
     manifest_id = manifest_identity(m)
     say = print if d.is_main and not cfg.quiet else (lambda *a, **k: None)
 
+    if cfg.ckpt_dir:
+        checkpoint.prepare_dir(cfg.ckpt_dir, resume=cfg.resume, clean=d.is_main)
     path = checkpoint.latest(cfg.ckpt_dir) if cfg.resume else None
     if cfg.resume and path is None:
         say(f"no checkpoint in {cfg.ckpt_dir}: starting at step 0")
@@ -88,7 +90,7 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
     if path:
         ckpt = checkpoint.load(path)
         checkpoint.check_resumable(ckpt, path, manifest_id=manifest_id, model=asdict(mcfg),
-                                   schedule=schedule.to_dict())
+                                   schedule=schedule.to_dict(), config=cfg.to_dict())
         if ckpt["step"] != start:
             raise InternalError(f"{path} holds step {ckpt['step']}, its name says {start}")
         model.load_state_dict(ckpt["model"])
