@@ -142,11 +142,14 @@ class Manifest:
     def from_json(cls, text: str, where: str = MANIFEST_NAME) -> "Manifest":
         try:
             d = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise FormatError(f"{where} is not valid JSON ({exc}); re-run prepare") from exc
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise FormatError(f"{where} is not valid JSON ({str(exc)[:200]}); re-run prepare") from exc
         if not isinstance(d, dict) or d.get("format") != FORMAT_NAME:
             raise FormatError(f"{where} is not a steppack manifest (no \"format\": \"{FORMAT_NAME}\")")
-        check_version(int(d.get("format_version", 0)), where)
+        version = d.get("format_version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise FormatError(f"{where} has format_version {version!r}, not an integer; re-run prepare")
+        check_version(version, where)
         try:
             d.pop("format")
             d.pop("num_steps", None)
@@ -174,7 +177,13 @@ def read_manifest(out: str) -> Manifest:
             f"{uri} is missing: the output is incomplete (prepare did not finish); "
             "re-run prepare with --overwrite"
         )
-    return Manifest.from_json(fs.read_bytes(uri).decode("utf-8"), where=uri)
+    try:
+        text = fs.read_bytes(uri).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{uri} is not UTF-8 text ({exc.reason} at byte {exc.start}); re-run prepare") from exc
+    except OSError as exc:  # a directory in its place, no permission
+        raise FormatError(f"{uri} cannot be read ({exc.strerror or exc})") from exc
+    return Manifest.from_json(text, where=uri)
 
 
 def write_manifest(out: str, manifest: Manifest) -> None:

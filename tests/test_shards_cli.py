@@ -184,3 +184,27 @@ def test_show_step_tokens_without_a_row_says_to_add_one(tmp_path, capsys):
     make_output(str(tmp_path), num_steps=1, rows_per_step=2, seq_len=16)
     assert main(["shards", "show", str(tmp_path), "--step", "0", "--tokens"]) == 2
     assert "add --row R" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("utf8", "is not UTF-8 text"), ("version", "has format_version 'one', not an integer"),
+    ("directory", "cannot be read"), ("nested", "is not valid JSON")])
+def test_a_damaged_manifest_is_one_line_for_every_reader(tmp_path, capsys, damage, message):
+    out = tmp_path / "out"
+    make_output(str(out), num_steps=1, rows_per_step=4, seq_len=16, vocab_size=100, seed=0)
+    path = out / "manifest.json"
+    if damage == "utf8":
+        path.write_bytes(b'\xff\xfe{"format"')
+    elif damage == "version":
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), format_version="one")))
+    elif damage == "directory":
+        path.unlink()
+        path.mkdir()
+    else:
+        path.write_text("[" * 100_000 + "]" * 100_000)
+    for argv in (["shards", "ls", str(out)], ["shards", "stats", str(out)],
+                 ["train", "--data", str(out), "--model", "tiny", "--vocab-size", "128", "--context", "16"]):
+        assert main(argv) == 2, argv
+        assert message in capsys.readouterr().err, argv
+    assert main(["shards", "verify", str(out)]) == 1
+    assert message in capsys.readouterr().out

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import shutil
 
+import pytest
+
 from steppack.cli import main
 from tests.shardgen import make_output
 from tests.test_trainer_support import read_metrics, train_args
@@ -85,3 +87,15 @@ def test_a_planted_pickle_in_the_checkpoint_directory_is_refused_and_never_run(t
     torch.save({"step": 1}, ckpt / "ckpt-00000001.pt")  # loads, but is not ours
     code, err, _ = _train(out, tmp_path, capsys, "--ckpt-dir", str(ckpt), "--resume")
     assert code == 2 and "is not a steppack checkpoint (it lacks model" in err
+
+
+@pytest.mark.parametrize("flag", ["--ckpt-dir", "--metrics"])
+def test_an_output_the_trainer_cannot_write_is_refused_before_any_step(tmp_path, capsys, flag):
+    out = str(tmp_path / "out")
+    make_output(out, num_steps=2, rows_per_step=4, seq_len=16, vocab_size=100, seed=0)
+    (tmp_path / "a-file").write_text("")
+    where = str(tmp_path / "a-file" / "inside")  # under a file: not writable, even for root
+    assert main(train_args(out, tmp_path, flag, where, "--micro-batch", "4", "--context", "16")) == 2
+    err = capsys.readouterr()
+    assert f"{flag} {where} cannot be written (Not a directory)" in err.err
+    assert "step " not in err.out

@@ -21,6 +21,7 @@ import os
 import pickle
 import random
 import re
+import tempfile
 
 import numpy as np
 import torch
@@ -47,8 +48,16 @@ TMP = re.compile(r"^ckpt-\d{8}\.pt\.tmp-\d+$")
 
 def prepare_dir(ckpt_dir: str, *, resume: bool, clean: bool) -> None:
     """Before a run: refuse a fresh run into a directory holding checkpoints (its pruning would
-    delete them and a later --resume would continue them), and (clean: one rank) delete the
-    temporary files of checkpoint writes that were killed."""
+    delete them and a later --resume would continue them), and (clean: one rank) make sure the
+    directory can be written and delete the temporary files of checkpoint writes that were killed."""
+    if clean:
+        try:
+            os.makedirs(ckpt_dir, exist_ok=True)
+            with tempfile.TemporaryFile(dir=ckpt_dir):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"--ckpt-dir {ckpt_dir} cannot be written ({exc.strerror or exc}); "
+                              "choose a writable directory") from exc
     found = list_checkpoints(ckpt_dir)
     if found and not resume:
         raise ConfigError(f"--ckpt-dir {ckpt_dir} already holds checkpoints (newest {os.path.basename(found[-1][1])}): "

@@ -22,7 +22,7 @@ from dataclasses import asdict
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from steppack.shards.errors import InternalError
+from steppack.shards.errors import ConfigError, InternalError
 from steppack.shards.manifest import read_manifest
 
 from . import checkpoint, dist
@@ -65,6 +65,11 @@ def _run(cfg: TrainConfig, d: dist.Dist) -> dict:
 
     if cfg.ckpt_dir:
         checkpoint.prepare_dir(cfg.ckpt_dir, resume=cfg.resume, clean=d.is_main)
+    if cfg.metrics and d.is_main:
+        try:
+            open(cfg.metrics, "a").close()  # appended to as steps end: fail now, not after the first step
+        except OSError as exc:
+            raise ConfigError(f"--metrics {cfg.metrics} cannot be written ({exc.strerror or exc})") from exc
     path = checkpoint.latest(cfg.ckpt_dir) if cfg.resume else None
     if cfg.resume and path is None:
         say(f"no checkpoint in {cfg.ckpt_dir}: starting at step 0")
