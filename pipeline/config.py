@@ -42,6 +42,7 @@ from fractions import Fraction
 from typing import Any
 
 from steppack.shards.errors import ConfigError
+from steppack.shards.format import check_step_size
 from steppack.shards.fs import is_local
 from steppack.shards.tokenizer import DEFAULT_TOKENIZER, PRESETS
 
@@ -194,6 +195,7 @@ class JobConfig:
         for k in ("seq_len", "rows_per_step", "workers", "piece_chars", "bucket_mb"):
             if getattr(self, k) <= 0:
                 raise ConfigError(f"{k.replace('_', '-')} must be positive, got {getattr(self, k)}")
+        check_step_size(self.rows_per_step, self.seq_len, "the job")
         if self.unit_mb <= 0:
             raise ConfigError(f"unit-mb must be positive, got {self.unit_mb}")
         if self.min_chars < 0 or self.max_chars < 0:

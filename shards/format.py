@@ -23,12 +23,16 @@ import functools
 import numpy as np
 import pyarrow as pa
 
-from .errors import FormatError
+from .errors import ConfigError, FormatError
 
 FORMAT_NAME = "steppack"
 FORMAT_VERSION = 1
 # Versions this code reads. A newer writer bumps FORMAT_VERSION; old readers then refuse its files.
 READABLE_VERSIONS = (1,)
+
+# The most tokens one step may hold (rows_per_step x seq_len): 2**30 is 4 GiB of uint32 per step
+# file, which readers and writers hold in memory at once; DeepSeekMath's 7B steps are 10M tokens.
+MAX_STEP_TOKENS = 1 << 30
 
 MANIFEST_NAME = "manifest.json"
 REPORT_NAME = "report.json"
@@ -170,6 +174,14 @@ def parse_schema_metadata(schema: pa.Schema, where: str) -> dict:
     meta = parse_metadata(schema.metadata or {}, where)
     check_schema(schema, meta["seq_len"], meta["dtype"], where)
     return meta
+
+
+def check_step_size(rows_per_step: int, seq_len: int, where: str) -> None:
+    """Refuse a step larger than MAX_STEP_TOKENS before anything is allocated for it."""
+    if rows_per_step * seq_len > MAX_STEP_TOKENS:
+        raise ConfigError(f"{where}: a step of {rows_per_step:,} rows x {seq_len:,} tokens is "
+                          f"{rows_per_step * seq_len:,} tokens, above the {MAX_STEP_TOKENS:,} a step file may hold "
+                          "(it is held in memory whole); use fewer rows per step or shorter rows")
 
 
 def check_version(version: int, where: str) -> None:

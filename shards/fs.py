@@ -1,9 +1,10 @@
 """Opening files by path or URI: local paths directly, `gs://`, `s3://`, `hdfs://` through
 pyarrow's filesystems, any other fsspec scheme through fsspec.
 
-Local writes go to a temporary name first and are renamed into place, so a reader never sees a
-half-written file; object stores make a finished upload visible at once, so they are written
-directly (a retried write replaces the object with identical bytes).
+Local writes go to a temporary name first, are flushed to the disk (fsync) and renamed into place
+(the directory flushed too), so neither a reader nor a crash ever sees a half-written file; object
+stores make a finished upload visible at once, so they are written directly (a retried write
+replaces the object with identical bytes).
 """
 
 from __future__ import annotations
@@ -152,7 +153,9 @@ def atomic_output(uri: str) -> Iterator[pa.NativeFile]:
         try:
             with pa.OSFile(tmp, "wb") as f:
                 yield f
+            _fsync(tmp)  # the bytes reach the disk before the name does: a crash leaves old or new, whole
             os.replace(tmp, path)
+            _fsync(d)  # and the rename itself
         except BaseException:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -183,6 +186,14 @@ def create_exclusive(uri: str, data: bytes) -> bool:
         return False
     write_bytes(uri, data)
     return read_bytes(uri) == data
+
+
+def _fsync(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

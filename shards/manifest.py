@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from importlib import metadata
 
 from . import fs
-from .errors import FormatError
-from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, check_dtype, check_version
+from .errors import ConfigError, FormatError
+from .format import FORMAT_NAME, FORMAT_VERSION, MANIFEST_NAME, check_dtype, check_step_size, check_version
 
 
 def tool_version() -> str:
@@ -162,9 +162,27 @@ class Manifest:
                 mix = dict(d["mixture"])
                 mix["stages"] = [StageInfo(**st) for st in mix["stages"]]
                 d["mixture"] = MixtureInfo(**mix)
-            return cls(**d)
+            m = cls(**d)
         except (KeyError, TypeError) as exc:
             raise FormatError(f"{where} is missing or has unexpected fields ({exc}); re-run prepare") from exc
+        if not all(isinstance(v, int) and v > 0 for v in (m.rows_per_step, m.seq_len)):
+            raise FormatError(f"{where} has rows_per_step {m.rows_per_step!r} and seq_len {m.seq_len!r}: both must be "
+                              "positive integers; re-run prepare")
+        try:
+            check_step_size(m.rows_per_step, m.seq_len, where)
+        except ConfigError as exc:
+            raise FormatError(str(exc)) from exc
+        for info in m.steps + ([m.remainder] if m.remainder else []):
+            if not isinstance(info.file, str) or not _inside(info.file):
+                raise FormatError(f"{where} lists {info.file!r}, a path outside the output: a manifest names files "
+                                  "inside its own directory only; re-run prepare")
+        return m
+
+
+def _inside(rel: str) -> bool:
+    """A relative path that stays inside the output directory (no root, no '..', no backslash)."""
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and "\\" not in rel and all(p not in ("", ".", "..") for p in parts)
 
 
 def read_manifest(out: str) -> Manifest:

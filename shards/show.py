@@ -2,6 +2,8 @@
 without a row, what one step is made of.
 
 A piece that continues a document from the previous row, or goes on in the next one, says so.
+Text is printed with terminal control characters escaped (`printable`): data cannot clear the
+screen, move the cursor or reorder the line around it; `--json` escapes as JSON does.
 
 A step's composition (`step_composition`) is read from its file alone: rows, document tokens,
 padding, documents and pieces, and per source the rows holding a piece of it (in a mixture every
@@ -11,6 +13,7 @@ counts for both), its tokens, documents and pieces, and in a mixture the weight 
 
 from __future__ import annotations
 
+import re
 import sys
 
 import numpy as np
@@ -143,6 +146,17 @@ def decode_pieces(view: dict, tok) -> dict:
     return view
 
 
+# Characters a terminal acts on rather than prints (C0 but newline and tab, DEL, C1: ESC and CSI
+# start the sequences that move the cursor, clear the screen or set the window title), and the
+# bidirectional overrides that reorder what follows them: data shows them as escapes.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with every terminal control character written as its escape (\\x1b, \\u202e)."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def render(view: dict, *, show_tokens: bool) -> str:
     lines = []
     n = len(view["pieces"])
@@ -154,6 +168,6 @@ def render(view: dict, *, show_tokens: bool) -> str:
             notes.append("continues in the next row")
         note = f" · {', '.join(notes)}" if notes else ""
         lines.append(f"──── piece {k}/{n} · source {p['source']} · doc {p['doc_id']} · {len(p['tokens'])} tokens{note} ────")
-        lines.append(" ".join(map(str, p["tokens"])) if show_tokens else p["text"])
+        lines.append(" ".join(map(str, p["tokens"])) if show_tokens else printable(p["text"]))
     lines.append(f"──── end of row · step {view['step']} row {view['row']} · {view['padding']} padding tokens ────")
     return "\n".join(lines)

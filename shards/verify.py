@@ -69,7 +69,9 @@ def verify(out: str, *, world_size: int | None = None, micro_batch: int = 1) -> 
             problems.append(f"manifest lists {info.file} as step {i}, expected {step_file_name(i)}; {RERUN}")
             continue
         problems += check_file(out, manifest, info, step=i, pieces=pieces)
-    if manifest.remainder is not None:
+    if manifest.remainder is not None and manifest.remainder.file != REMAINDER_FILE:
+        problems.append(f"manifest lists {manifest.remainder.file} as the remainder, expected {REMAINDER_FILE}; {RERUN}")
+    elif manifest.remainder is not None:
         problems += check_file(out, manifest, manifest.remainder, step=None, pieces=pieces)
     problems += shared_doc_ids(out, manifest, pieces)
     if world_size is not None:

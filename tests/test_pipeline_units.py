@@ -425,3 +425,12 @@ def test_stages_are_checked_and_the_last_may_take_the_remaining_steps():
         _mix(1, 1, stages=[{"steps": 2, "weights": {"a": 1}}])
     with pytest.raises(ConfigError, match="stages add up to 4"):
         _mix(None, None, stages=[{"steps": 4, "weights": {"a": 1}}], steps=5)
+
+
+def test_a_step_larger_than_a_step_file_may_hold_is_refused_before_any_work(tmp_path, capsys):
+    from steppack.cli import main
+
+    assert main(["prepare", "--input", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o"),
+                 "--rows-per-step", "300000", "--seq-len", "4096"]) == 2
+    assert "1,228,800,000 tokens, above the 1,073,741,824" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -188,7 +188,8 @@ def test_show_step_tokens_without_a_row_says_to_add_one(tmp_path, capsys):
 
 @pytest.mark.parametrize("damage,message", [
     ("utf8", "is not UTF-8 text"), ("version", "has format_version 'one', not an integer"),
-    ("directory", "cannot be read"), ("nested", "is not valid JSON")])
+    ("directory", "cannot be read"), ("nested", "is not valid JSON"), ("huge", "above the 1,073,741,824"),
+    ("remainder", "a path outside the output")])
 def test_a_damaged_manifest_is_one_line_for_every_reader(tmp_path, capsys, damage, message):
     out = tmp_path / "out"
     make_output(str(out), num_steps=1, rows_per_step=4, seq_len=16, vocab_size=100, seed=0)
@@ -200,6 +201,11 @@ def test_a_damaged_manifest_is_one_line_for_every_reader(tmp_path, capsys, damag
     elif damage == "directory":
         path.unlink()
         path.mkdir()
+    elif damage == "huge":  # read before anything is allocated for a step
+        path.write_text(json.dumps(dict(json.loads(path.read_text()), rows_per_step=10**9)))
+    elif damage == "remainder":
+        m = json.loads(path.read_text())
+        path.write_text(json.dumps(dict(m, remainder=dict(m["steps"][0], file="/dev/zero"))))
     else:
         path.write_text("[" * 100_000 + "]" * 100_000)
     for argv in (["shards", "ls", str(out)], ["shards", "stats", str(out)],
@@ -208,3 +214,15 @@ def test_a_damaged_manifest_is_one_line_for_every_reader(tmp_path, capsys, damag
         assert message in capsys.readouterr().err, argv
     assert main(["shards", "verify", str(out)]) == 1
     assert message in capsys.readouterr().out
+
+
+def test_show_escapes_terminal_control_sequences_from_the_data():
+    from steppack.shards.show import render
+
+    text = "clear\x1b[2Jscreen, title\x1b]0;pwned\x07, back\roverwrite, \u202eevil, tab\tand\nnewline, é ∑ 中"
+    view = {"step": 0, "row": 0, "padding": 0, "pieces": [
+        {"continues_from_previous_row": False, "continues_in_next_row": False, "source": "s", "doc_id": "0",
+         "tokens": [1, 2], "text": text}]}
+    shown = render(view, show_tokens=False)
+    assert "clear\\x1b[2Jscreen, title\\x1b]0;pwned\\x07, back\\roverwrite, \\u202eevil, tab\tand\nnewline, é ∑ 中" in shown
+    assert not any(c in shown for c in "\x1b\x07\r\u202e")

@@ -283,3 +283,19 @@ def test_write_blocks_gives_write_step_s_bytes_for_the_rows_in_any_blocks(tmp_pa
     assert dataclasses.replace(info, file="s.arrow") == write_step(out, "s.arrow", block, **kw)
     assert (info.rows, info.documents, info.pieces, info.tokens) == (
         block.num_rows, len(np.unique(block.doc_ids)), len(block.doc_lens), int(block.row_used().sum()))
+
+
+def test_a_local_write_reaches_the_disk_before_its_name_does(tmp_path, monkeypatch):
+    from steppack.shards import fs
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))),
+                                                 real_fsync(fd)))
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b)))
+    target = tmp_path / "manifest.json"
+    fs.write_bytes(str(target), b"{}")
+    (kind0, tmp), (kind1, name), (kind2, folder) = events
+    assert (kind0, kind1, kind2) == ("fsync", "replace", "fsync")
+    assert os.path.basename(tmp).startswith(".tmp-manifest.json.") and name == str(target)
+    assert folder == str(tmp_path) and target.read_bytes() == b"{}"

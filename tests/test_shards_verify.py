@@ -242,3 +242,17 @@ def test_many_shared_ids_are_listed_up_to_ten_then_counted(tmp_path):
     assert len(problems) == 11
     assert all("shared by more than one document" in p for p in problems)
     assert "2 more document ids" in problems[-1]
+
+
+@pytest.mark.parametrize("path", ["/dev/zero", "../other/steps/step-00000000.arrow", "remainder/../../x.arrow",
+                                  "steps/step-00000001.arrow"])
+def test_a_remainder_path_outside_the_output_or_not_the_remainder_is_refused_unread(tmp_path, path):
+    out = str(tmp_path / "out")
+    make_output(out, num_steps=2, rows_per_step=4, seq_len=16, vocab_size=100, seed=0, remainder_rows=2)
+    m = json.loads(open(os.path.join(out, "manifest.json")).read())
+    m["remainder"]["file"] = path
+    open(os.path.join(out, "manifest.json"), "w").write(json.dumps(m))
+    problems = verify(out)
+    assert len(problems) == 1, problems
+    assert ("a path outside the output" in problems[0] if ".." in path or path.startswith("/")
+            else f"manifest lists {path} as the remainder" in problems[0]), problems
