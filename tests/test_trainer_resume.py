@@ -1,6 +1,10 @@
 """Checkpoints and resume: exact loss curves, world-size changes, refusals; a 2-process gloo run."""
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -129,3 +133,35 @@ def test_a_killed_checkpoint_write_leaves_no_temporary_file_after_the_next_start
     (ckpt / "mine.txt").write_text("not steppack's")
     _train(out, tmp_path, "tmp", "--resume", "--exit-after", "1")
     assert sorted(os.listdir(ckpt)) == ["ckpt-00000001.pt", "ckpt-00000002.pt", "mine.txt"]
+
+
+def _preempt(cmd, metrics, sig) -> tuple[int, str]:
+    """Run `cmd`, send `sig` once it has logged a step more than `metrics` held; (steps logged, stdout)."""
+    before = len(read_metrics(metrics)) if metrics.exists() else 0
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    while not metrics.exists() or len(metrics.read_text().splitlines()) < before + 1:  # mid-run
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    return len(read_metrics(metrics)), stdout
+
+
+def test_a_preempted_run_finishes_its_step_checkpoints_exits_0_and_resumes_to_the_same_losses(tmp_path):
+    out = str(tmp_path / "long")
+    make_output(out, num_steps=30, rows_per_step=4, seq_len=32, vocab_size=500)
+    whole = read_metrics(_train(out, tmp_path, "whole"))
+    metrics, ckpt = tmp_path / "cut.jsonl", tmp_path / "ckpt-cut"
+    argv = train_args(out, tmp_path, "--ckpt-dir", str(ckpt), "--metrics", str(metrics), "--micro-batch", "2")
+    cmd = [os.path.join(os.path.dirname(sys.executable), "steppack"), *[a for a in argv if a != "--quiet"]]
+    # Slurm's --signal (SIGUSR1), then a scheduler's SIGTERM on the resumed run.
+    for sig, extra in ((signal.SIGUSR1, []), (signal.SIGTERM, ["--resume"])):
+        done, stdout = _preempt(cmd + extra, metrics, sig)
+        assert done < 30
+        assert f"stopped by {sig.name} after step {done} of 30: checkpoint {ckpt}/ckpt-{done:08d}.pt" in stdout
+        assert checkpoint.list_checkpoints(ckpt)[-1][0] == done
+    assert main(argv + ["--resume"]) == 0
+    assert [r["step"] for r in read_metrics(metrics)] == list(range(30))
+    assert [r["loss"] for r in read_metrics(metrics)] == [r["loss"] for r in whole]

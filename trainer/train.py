@@ -30,6 +30,7 @@ from .config import TrainConfig
 from .data import StepStream, check_model_fits_data, manifest_identity, total_steps
 from .model import IGNORE, Decoder, next_token_losses, preset
 from .optim import Schedule, make_optimizer, set_lr
+from .preempt import StopRequest
 from .source_loss import label_sources, source_counts, source_fields, source_sums
 from .targets import make_targets, row_digest
 
@@ -45,7 +46,8 @@ def run(cfg: TrainConfig) -> dict:
     """Train as `cfg` says; returns the summary (also printed by rank 0)."""
     d = dist.setup(cfg.device)
     try:
-        summary = _run(cfg, d)
+        with StopRequest() as stop_request:
+            summary = _run(cfg, d, stop_request)
         # Every rank has finished its last collective before any rank tears the group down: a rank
         # that destroys it while its peer still reads the last reduction can abort that peer.
         dist.barrier(d)
@@ -54,7 +56,7 @@ def run(cfg: TrainConfig) -> dict:
         dist.teardown(d)
 
 
-def _run(cfg: TrainConfig, d: dist.Dist) -> dict:
+def _run(cfg: TrainConfig, d: dist.Dist, stop_request: StopRequest) -> dict:
     m = read_manifest(cfg.data)
     mcfg = preset(cfg.model, vocab_size=cfg.vocab_size, context=cfg.context, layers=cfg.layers)
     check_model_fits_data(m, vocab_size=mcfg.vocab_size, context=mcfg.context, model=cfg.model)
@@ -82,12 +84,12 @@ def _run(cfg: TrainConfig, d: dist.Dist) -> dict:
                         prefetch=cfg.prefetch, verify=not cfg.no_verify_steps)
     stream.start_prefetch()
     try:
-        return _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say)
+        return _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say, stop_request)
     finally:
         stream.close()
 
 
-def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
+def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say, stop_request) -> dict:
     start, stop, total = stream.start, stream.stop, schedule.total_steps
     torch.manual_seed(cfg.seed)
     model = Decoder(mcfg).to(d.device)
@@ -120,7 +122,7 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
     tty = sys.stdout.isatty()
     losses, waits, step_times = [], [], []
     t_run = last_end = time.perf_counter()
-    ckpt_path = None
+    ckpt_path, stopping = None, False
     try:
         for batch, wait_ms in stream:
             s = batch.step
@@ -128,16 +130,17 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
             set_lr(optimizer, lr)
             targets = [make_targets(mb, doc=doc, device=d.device) for mb in batch.micro]
             srcs = [label_sources(mb, lab) for mb, (_, lab, _, _) in zip(batch.micro, targets)] if n_src else []
-            # Global label count (the loss denominator), the step's data fingerprint and the label
-            # count of each source (mixtures), in one collective.
+            # Global label count (the loss denominator), the step's data fingerprint, whether any rank
+            # was asked to stop (preempt.py) and the label count of each source (mixtures): one collective.
             counts = torch.stack([
                 sum((lab != IGNORE).sum() for _, lab, _, _ in targets),
                 sum(row_digest(mb, tok) for mb, (tok, _, _, _) in zip(batch.micro, targets)),
+                torch.tensor(int(stop_request.requested), dtype=torch.int64, device=d.device),
             ])
             if n_src:
                 counts = torch.cat([counts, torch.stack([source_counts(src, n_src) for src in srcs]).sum(0)])
             dist.all_reduce_sum(counts, d)
-            n_labels, digest = max(int(counts[0]), 1), int(counts[1])
+            n_labels, digest, stopping = max(int(counts[0]), 1), int(counts[1]), int(counts[2]) > 0
             # [loss sum, loss sum of each source]: one float64 vector, one collective after the step.
             loss_sum = torch.zeros(1 + n_src, dtype=torch.float64, device=d.device)
             for j, (tok, lab, pos, ids) in enumerate(targets):
@@ -155,7 +158,7 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
             dist.all_reduce_sum(loss_sum, d)
             step_loss = float(loss_sum[0]) / n_labels
             done = s + 1
-            if cfg.ckpt_dir and (done == stop or (cfg.ckpt_every and done % cfg.ckpt_every == 0)):
+            if cfg.ckpt_dir and (done == stop or stopping or (cfg.ckpt_every and done % cfg.ckpt_every == 0)):
                 ckpt_path = _save(cfg, d, model, optimizer, schedule, mcfg, manifest_id, done)
             end = time.perf_counter()
             step_ms = (end - last_end) * 1e3
@@ -169,7 +172,7 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
                    "shard": batch.shard, "data_digest": digest, "world_size": d.world_size,
                    "verified": not cfg.no_verify_steps}
             if n_src:
-                rec.update(source_fields(names, loss_sum[1:].tolist(), counts[2:].tolist()))
+                rec.update(source_fields(names, loss_sum[1:].tolist(), counts[3:].tolist()))
             if metrics:
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
@@ -177,6 +180,8 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
                 line = (f"step {done:>6}/{total}  loss {step_loss:.4f}  lr {lr:.3e}  grad_norm {float(grad_norm):.3f}  "
                         f"{rec['tokens_per_s']:>10,.0f} tok/s  data wait {wait_ms:7.2f} ms")
                 print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+            if stopping:
+                break
     finally:
         if metrics:
             metrics.close()
@@ -193,6 +198,7 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
         "data_wait_share_after_first": (round(sum(waits[1:]) / sum(step_times[1:]), 6)
                                         if len(step_times) > 1 else None),
         "checkpoint": ckpt_path, "world_size": d.world_size,
+        "stopped_by": (stop_request.signal or "a signal to another rank") if stopping else None,
     }
     if n_src:  # mirrors last_loss; every step's figures are in the metrics file
         summary["last_source_loss"] = rec["source_loss"] if losses else None
@@ -204,6 +210,10 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say) -> dict:
                   + (f", checkpoint {ckpt_path}" if ckpt_path else ""))
         else:
             print(f"nothing to do: the checkpoint is at step {start} of {total}")
+        if summary["stopped_by"]:
+            print(f"stopped by {summary['stopped_by']} after step {start + len(losses)} of {total}: "
+                  + (f"checkpoint {ckpt_path}; continue with --resume" if ckpt_path
+                     else "no --ckpt-dir, so nothing was saved"))
     return summary
 
 
