@@ -11,7 +11,8 @@ per JSONL file keep the repeated passes to ~2%); a Parquet unit reads
 every `parts`-th row group. Record numbers are 0-based positions in the file (JSONL: line - 1).
 
 `read_unit` yields `(record, text)` for each usable record and `Reject`s for malformed ones (bad
-JSON, a missing field, undecodable bytes, a truncated compressed file), never raising for them.
+JSON, a missing field, undecodable bytes, a truncated compressed file, a damaged Parquet row group:
+one per record it holds), never raising for them.
 """
 
 from __future__ import annotations
@@ -220,7 +221,8 @@ def check_unique_keys(units: list[Unit]) -> None:
 
 
 def _row_group_bytes(path: str) -> list[int]:
-    """Uncompressed bytes of each row group, from the footer."""
+    """Uncompressed bytes of each row group, from the footer; [] when the footer cannot be read
+    (the file is then one unit, whose read is one `unreadable` reject: the job carries on)."""
     import pyarrow.parquet as pq
     from apache_beam.io.filesystems import FileSystems
 
@@ -228,8 +230,8 @@ def _row_group_bytes(path: str) -> list[int]:
         with FileSystems.open(path) as f:
             meta = pq.ParquetFile(f).metadata
             return [meta.row_group(g).total_byte_size for g in range(meta.num_row_groups)]
-    except Exception as exc:  # pyarrow raises ArrowInvalid/OSError for a broken footer
-        raise InputError(f"{path} is not a readable Parquet file ({exc})") from exc
+    except Exception:  # pyarrow raises ArrowInvalid/OSError for a broken footer; it costs only the split
+        return []
 
 
 def make_text(spec: str, fields: tuple[str, ...], record) -> str | tuple[str, str]:
@@ -410,29 +412,62 @@ def _parse(line: bytes):
 
 
 def _read_parquet(u: Unit, fields) -> Iterator[tuple[int, str] | Reject]:
+    """Row group by row group, one in memory at a time. A row group that cannot be read (damaged
+    pages) is one reject per record it holds (the footer says how many); the others are read as
+    usual. A file whose footer cannot be read is one reject (how many records it holds is unknown)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         with _open(u.path) as f:
-            pf = pq.ParquetFile(f)
+            # Page CRCs, where the writer left them (parquet-mr does by default, pyarrow on request),
+            # are checked: damaged bytes in an uncompressed page otherwise read as other text.
+            pf = pq.ParquetFile(f, page_checksum_verification=True)
             names = set(pf.schema_arrow.names)
             cols = [c for c in fields if c in names]
             start = 0
             for g in range(pf.metadata.num_row_groups):
                 rows = pf.metadata.row_group(g).num_rows
                 if g % u.parts == u.part:
-                    table = pf.read_row_group(g, columns=cols)
-                    for i, rec in enumerate(table.to_pylist()):
-                        made = make_text(u.text, fields, rec)
-                        if isinstance(made, tuple):
-                            yield _reject(u, start + i, made[0], made[1])
-                        else:
-                            yield start + i, made
+                    yield from _read_row_group(u, fields, pf, g, cols, start, rows)
                 start += rows
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:  # the footer: _read_row_group catches the rest
         if u.part == 0:
-            yield _reject(u, 0, "unreadable", f"not a readable Parquet file ({exc})")
+            yield _reject(u, 0, "unreadable", f"not a readable Parquet file, its footer cannot be read ({exc})")
+
+
+def _read_row_group(u: Unit, fields, pf, g: int, cols, start: int, rows: int) -> Iterator[tuple[int, str] | Reject]:
+    import pyarrow as pa
+
+    try:
+        recs = _records(pf.read_row_group(g, columns=cols))
+    except (pa.ArrowInvalid, OSError) as exc:  # all that 900 random damages to pages raised (+ UTF-8: _records)
+        detail = (f"row group {g} of {pf.metadata.num_row_groups} (records {start}-{start + rows - 1}) "
+                  f"cannot be read ({exc})")
+        yield from (_reject(u, start + i, "unreadable", detail) for i in range(rows))
+        return
+    for i, rec in enumerate(recs):
+        made = rec if isinstance(rec, tuple) else make_text(u.text, fields, rec)
+        if isinstance(made, tuple):
+            yield _reject(u, start + i, made[0], made[1])
+        else:
+            yield start + i, made
+
+
+def _records(table) -> list:
+    """The rows of a row group as dicts; (reason, detail) for a row with a string that is not UTF-8
+    (pyarrow does not check on read, and to_pylist raises for the whole row group)."""
+    try:
+        return table.to_pylist()
+    except UnicodeDecodeError:
+        return [_record(table, i) for i in range(table.num_rows)]
+
+
+def _record(table, i: int):
+    try:
+        return {c: table.column(c)[i].as_py() for c in table.column_names}
+    except UnicodeDecodeError as exc:
+        return ("bad_utf8", str(exc))
 
 
 def _read_text(u: Unit) -> Iterator[tuple[int, str] | Reject]:

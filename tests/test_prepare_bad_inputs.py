@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from steppack.pipeline.sources import discover
 from steppack.shards import read_manifest
 from steppack.shards.verify import verify
 
@@ -45,6 +46,9 @@ def bad_corpus(tmp_path):
     (d / "cut.jsonl.zst").write_bytes(zs[: len(zs) // 2])        # truncated zstd
     (d / "ok.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(jsonl(GOOD[20:30])))
     pq.write_table(pa.table({"text": [GOOD[40], None, GOOD[41]]}), d / "nulls.parquet")
+    # pyarrow does not check a string column's UTF-8 on read (to_pylist raised: the job died).
+    latin = pa.array([GOOD[42].encode(), "caf\xe9".encode("latin-1")], pa.binary()).view(pa.string())
+    pq.write_table(pa.table({"text": latin}), d / "latin1.parquet")
     (d / "latin1.txt").write_bytes("na\xefve".encode("latin-1"))  # text file that is not UTF-8
     (d / "good.txt").write_text(GOOD[50] * 30)
     return d
@@ -65,6 +69,7 @@ def test_bad_records_are_rejected_with_reasons_and_good_ones_all_kept(tmp_path, 
     assert by[("mixed.jsonl", 15)] == "bad_json"
     assert by[("mixed.jsonl", 17)] == "bad_utf8"  # no tokenizer takes it (tokenizers raised: the job died)
     assert by[("nulls.parquet", 1)] == "missing_field"
+    assert by[("latin1.parquet", 1)] == "bad_utf8"
     assert by[("latin1.txt", 0)] == "bad_utf8"
     assert [r["reason"] for r in rejects if r["file"].endswith("cut.jsonl.gz")] == ["truncated"]
     assert [r["reason"] for r in rejects if r["file"].endswith("cut.jsonl.zst")] == ["truncated"]
@@ -74,10 +79,90 @@ def test_bad_records_are_rejected_with_reasons_and_good_ones_all_kept(tmp_path, 
     d = report["documents"]
     assert d["dropped_by_reason"]["empty"] == 2
     assert d["dropped_by_reason"]["bad_json"] == 2 and d["dropped_by_reason"]["truncated"] == 2
-    assert report["rejects"] == len(rejects) == 10
+    assert report["rejects"] == len(rejects) == 11
     gz_kept = [k for k in expected_documents(parse(*argv))[0]]
     assert len(gz_kept) == d["kept"]
-    assert d["kept"] > 20 - 8 + 10 + 2 + 1 + 100  # the records before each cut are kept
+    assert d["kept"] > 20 - 8 + 10 + 2 + 1 + 1 + 100  # the records before each cut are kept
+
+
+ROWS = [f"Row {i}: {i} squared is {i * i}, and {i} cubed is {i ** 3}." for i in range(400)]
+
+
+def damage_row_group(path, group: int) -> None:
+    """Overwrite 16 bytes in the middle of one row group's text column chunk (snappy-compressed
+    pages: pyarrow then refuses that row group, and only it)."""
+    col = pq.ParquetFile(path).metadata.row_group(group).column(0)
+    first = col.dictionary_page_offset or col.data_page_offset
+    data = bytearray(path.read_bytes())
+    at = first + col.total_compressed_size // 2
+    data[at : at + 16] = b"\xa5" * 16
+    path.write_bytes(bytes(data))
+    pf = pq.ParquetFile(path)
+    with pytest.raises((OSError, pa.ArrowException)):
+        pf.read_row_group(group)
+    for g in set(range(pf.metadata.num_row_groups)) - {group}:
+        assert pf.read_row_group(g).column("text").to_pylist() == ROWS[g * 100 : (g + 1) * 100]
+
+
+@pytest.mark.parametrize("unit_mb", ["1", "0.001"])  # one unit reads all 4 row groups | one unit each
+def test_a_damaged_parquet_row_group_costs_exactly_its_records(tmp_path, unit_mb):
+    # Before: the read stopped at the damaged row group; the records of the row groups after it
+    # vanished and one reject named record 0 (one unit), or none at all (the damage in unit 1 of 4),
+    # while read = kept + dropped still held.
+    path = tmp_path / "four.parquet"
+    pq.write_table(pa.table({"text": ROWS, "n": list(range(400))}), path, row_group_size=100)
+    damage_row_group(path, 1)
+    out = str(tmp_path / "out")
+    argv = ["--input", str(path), "--output", out, "--seq-len", "64", "--rows-per-step", "4",
+            "--unit-mb", unit_mb, "--workers", "2"]
+    assert len(discover(parse(*argv))[0]) == (1 if unit_mb == "1" else 4)
+    assert prepare(*argv) == 0
+    assert verify(out) == []
+    rejects = [json.loads(x) for x in open(os.path.join(out, "rejects", "rejects.jsonl"))]
+    assert [r["record"] for r in rejects] == list(range(100, 200))
+    assert {(r["file"], r["reason"]) for r in rejects} == {(str(path), "unreadable")}
+    assert all("row group 1 " in r["detail"] and "records 100-199" in r["detail"] for r in rejects)
+    want, _ = expected_documents(parse(*argv))
+    assert sorted(t for _, t in want.values()) == sorted(ROWS[:100] + ROWS[200:])
+    report = check_round_trip(out, parse(*argv))  # the 300 good records decode back from the steps
+    assert report["documents"] == {"read": 400, "kept": 300, "dropped": 100,
+                                   "dropped_by_reason": {"unreadable": 100}}
+    assert report["rejects"] == 100
+
+
+def test_a_parquet_file_whose_footer_cannot_be_read_is_one_reject_and_the_job_carries_on(tmp_path):
+    # Before: discovery raised InputError and the whole job stopped before any work.
+    d = tmp_path / "in"
+    d.mkdir()
+    pq.write_table(pa.table({"text": ROWS[:50]}), d / "good.parquet")
+    pq.write_table(pa.table({"text": ROWS[50:100]}), d / "cut.parquet")
+    (d / "cut.parquet").write_bytes((d / "cut.parquet").read_bytes()[:-20])  # footer and magic cut off
+    out = str(tmp_path / "out")
+    argv = ["--input", str(d / "*.parquet"), "--output", out, "--seq-len", "64", "--rows-per-step", "4",
+            "--workers", "1"]
+    assert prepare(*argv) == 0
+    rejects = [json.loads(x) for x in open(os.path.join(out, "rejects", "rejects.jsonl"))]
+    assert [(os.path.basename(r["file"]), r["record"], r["reason"]) for r in rejects] == [
+        ("cut.parquet", 0, "unreadable")]
+    assert "footer" in rejects[0]["detail"]
+    report = check_round_trip(out, parse(*argv))
+    assert report["documents"] == {"read": 51, "kept": 50, "dropped": 1, "dropped_by_reason": {"unreadable": 1}}
+
+
+def test_a_parquet_page_whose_checksum_fails_is_rejected_not_read_as_other_text(tmp_path):
+    from steppack.pipeline.sources import Reject, read_unit
+
+    path = tmp_path / "crc.parquet"
+    pq.write_table(pa.table({"text": ROWS}), path, row_group_size=100, compression="none", write_page_checksum=True)
+    data = path.read_bytes()
+    at = data.index(ROWS[150].encode()) + len("Row 150: 150 ")
+    path.write_bytes(data[:at] + b"XXXXXXX" + data[at + 7:])  # "squared" -> "XXXXXXX": still UTF-8
+    assert pq.read_table(path).column("text")[150].as_py() == ROWS[150].replace("squared", "XXXXXXX")
+    cfg = parse("--input", str(path), "--output", str(tmp_path / "out"))
+    got = [it for u in discover(cfg)[0] for it in read_unit(u)]
+    assert [it.record for it in got if isinstance(it, Reject)] == list(range(100, 200))
+    assert all("CRC" in it.detail for it in got if isinstance(it, Reject))
+    assert [it for it in got if not isinstance(it, Reject)] == [(i, ROWS[i]) for i in range(400) if not 100 <= i < 200]
 
 
 def test_min_and_max_chars_drop_documents_by_reason(tmp_path, bad_corpus):
