@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[train,s3,test]'
+	$(PY) -m pip install -q -e '.[train,gcp,s3,test]'
 	touch $@
 
 setup: $(VENV)/.installed
