@@ -225,6 +225,8 @@ def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = Fal
     if warning:
         logging.getLogger("steppack.prepare").warning(warning)
     units, source_bytes = discover(cfg)
+    if is_dry_run(options):
+        return dry_run(cfg, options, runner_name, info, engine, source_bytes, started, units, quiet)
     run_id = claim.new_run_id()
     check_output(cfg, run_id)
     try:
@@ -237,14 +239,46 @@ def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = Fal
     return report
 
 
+def _job(cfg, info, engine, source_bytes, started, run_id):
+    from .transforms import Job, make_groups
+
+    return Job(cfg=cfg, tokenizer=info, dtype=dtype_for_vocab(info.vocab_size),
+               groups=make_groups(cfg, source_bytes), engine=engine, started=started, input_bytes=sum(source_bytes),
+               run_id=run_id)
+
+
+def is_dry_run(options) -> bool:
+    from apache_beam.options.pipeline_options import TestOptions
+
+    return bool(options.view_as(TestOptions).dry_run)
+
+
+def dry_run(cfg, options, runner_name, info, engine, source_bytes, started, units, quiet) -> dict:
+    """Beam's --dry_run=True: the runner translates the whole job (DataflowRunner builds the job it
+    would submit) and submits nothing; the output is not touched. Returns the translated pipeline."""
+    import apache_beam as beam
+
+    from .transforms import Prepare
+
+    p = beam.Pipeline(runner=make_runner(runner_name), options=options)
+    _ = p | "Prepare" >> Prepare(_job(cfg, info, engine, source_bytes, started, run_id="dry-run"), units)
+    result = p.run()
+    job = getattr(result, "job", None)  # DataflowRunner's: the job it would have submitted
+    proto = job.proto_pipeline if job is not None else p.to_runner_api()
+    top = [t.unique_name for t in proto.components.transforms.values() if t.unique_name.count("/") == 1
+           and t.unique_name.startswith("Prepare/")]
+    if not quiet:
+        print(f"dry run: {runner_name or 'the local runner'} translated the job ({len(proto.components.transforms)} "
+              f"transforms; {', '.join(sorted(top))}); nothing was submitted and {cfg.output} was not touched")
+    return {"dry_run": True, "runner": runner_name, "transforms": sorted(top), "pipeline": proto}
+
+
 def _run_job(cfg, options, runner_name, run_id, info, engine, source_bytes, units, started, quiet) -> dict:
     import apache_beam as beam
 
-    from .transforms import Job, Prepare, make_groups
+    from .transforms import Prepare
 
-    job = Job(cfg=cfg, tokenizer=info, dtype=dtype_for_vocab(info.vocab_size),
-              groups=make_groups(cfg, source_bytes), engine=engine, started=started, input_bytes=sum(source_bytes),
-              run_id=run_id)
+    job = _job(cfg, info, engine, source_bytes, started, run_id)
     if runner_name is None:
         tokenizer_threads(cfg)
     progress = Progress(cfg.output, started) if fs.is_local(cfg.output) and not quiet else None

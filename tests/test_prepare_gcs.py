@@ -120,3 +120,30 @@ def test_prepare_reads_and_writes_gs_and_verify_stats_and_train_read_it(tmp_path
                  "--metrics", str(metrics), "--quiet"]) == 0
     lines = [json.loads(x) for x in metrics.read_text().splitlines()]
     assert [x["step"] for x in lines] == [0, 1] and all(x["verified"] for x in lines)
+
+
+def test_a_dataflow_dry_run_translates_the_whole_job_with_no_local_path_in_it(tmp_path, gcs, capsys):
+    from steppack.pipeline.run import run
+
+    from .test_prepare_support import parse
+
+    fs.write_bytes(f"{gcs}/in/math500.jsonl", open(os.path.join(SAMPLES, "math", "math500.jsonl"), "rb").read())
+    cfg = parse("--input", f"{gcs}/in/*.jsonl", "--output", f"{gcs}/out", *ARGS)
+    beam_args = ["--runner", "DataflowRunner", "--dry_run=True", "--project", "steppack-test", "--region",
+                 "us-central1", "--temp_location", f"{gcs}/tmp", "--setup_file", os.path.join(REPO, "pyproject.toml")]
+    result = run(cfg, beam_args)
+    assert result["dry_run"] and result["runner"] == "DataflowRunner"
+    assert "nothing was submitted" in capsys.readouterr().out
+    assert {f"Prepare/{t}" for t in ("ReadDocuments", "TokenizeDocs", "SpillBuckets", "PackRows", "AssignSteps",
+                                     "WriteStepShards", "WriteManifest")} <= set(result["transforms"])
+    # Shuffles carry descriptors and counters only (units of input, spill-file names, step tasks, the
+    # stats dicts), never documents or rows: these four, and no other.
+    gbk = "beam:transform:group_by_key:v1"
+    shuffles = sorted(t.unique_name for t in result["pipeline"].components.transforms.values() if t.spec.urn == gbk)
+    assert shuffles == ["Prepare/AssignSteps/SpreadSteps/ReshufflePerKey/GroupByKey",
+                        "Prepare/PackRows/GroupSpillsByBucket", "Prepare/ReadDocuments/SpreadUnits",
+                        "Prepare/SumStats/CombinePerKey/GroupByKey"]
+    assert not fs.list_dir(f"{gcs}/out")  # the output is not touched
+    blob = result["pipeline"].SerializeToString()
+    for local in (str(tmp_path), REPO, os.path.expanduser("~")):
+        assert local.encode() not in blob, local
