@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import os
 
+from steppack.shards.errors import ConfigError
+
 from .config import JobConfig, Packing, SourceConfig, Specials, build, field_help, load_toml
 
 
@@ -56,6 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("running")
     g.add_argument("--workers", type=int, help=h("workers") + " (default: this machine's cores)")
     g.add_argument("--quiet", action="store_true", help="no progress line and no summary")
+    g.add_argument("--plan", action="store_true",
+                   help="estimate documents, tokens, steps, output size, passes and core-hours from a seeded "
+                        "sample of each source (--sample-mb), print them and exit: nothing is written")
+    g.add_argument("--sample-mb", type=float, default=4.0, help="with --plan: MB read from each source (default 4)")
+    g.add_argument("--json", action="store_true", help="with --plan: print the estimates as JSON")
 
 
 FLAG_KEYS = ("input", "text_field", "format", "output", "seq_len", "rows_per_step", "global_batch_tokens",
@@ -75,6 +82,13 @@ def config_from_args(args) -> JobConfig:
 
 def main(args) -> int:
     cfg = config_from_args(args)
+    if args.plan:
+        from .run import plan_only
+
+        plan_only(cfg, list(getattr(args, "unknown", []) or []), as_json=args.json, sample_mb=args.sample_mb)
+        return 0
+    if args.json:
+        raise ConfigError("--json goes with --plan")
     from .run import run
 
     run(cfg, list(getattr(args, "unknown", []) or []), quiet=args.quiet)

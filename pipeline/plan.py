@@ -257,3 +257,12 @@ class EmptyStream(ValueError):
     def __init__(self, name: str):
         super().__init__(name)
         self.name = name
+
+
+def stages_of(cfg, streams: Sequence[Stream]) -> list[tuple]:
+    """The plan's stages for JobConfig `cfg`: its mixture, or one stream taking every row (at most
+    `steps`)."""
+    if cfg.is_mixture:
+        return cfg.mixture()
+    n = streams[0].rows // cfg.rows_per_step
+    return [(min(n, cfg.steps) if cfg.steps else n, [Fraction(1)])]

@@ -204,10 +204,9 @@ def mixture_lines(mix: dict | None, rows_per_step: int) -> list[str]:
     return lines
 
 
-def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = False) -> dict:
-    """Run the job to completion and return report.json's contents."""
-    started = time.time()
-    beam_args = list(beam_args or [])
+def launch_checks(cfg: JobConfig, beam_args: list[str]):
+    """What every launch does before any work: Beam's options and filesystems, the tokenizer and
+    its engine, the inputs. (options, runner name, tokenizer info, engine, units, bytes per source)."""
     quiet_grpc()  # before this process loads gRPC or starts a worker
     quiet_logging()  # before Beam's imports, which log through the root logger
     # The local job service logs every SDK worker's start-up chatter at WARNING; keep real errors.
@@ -219,12 +218,18 @@ def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = Fal
     from apache_beam.io.filesystems import FileSystems
 
     FileSystems.set_options(options)
-    # Checks that stop the job before any work: tokenizer, inputs, output.
     info = tokenizer_info(cfg)
     engine, warning = engines.choose(cfg.tokenizer_engine, tokenizer_json(cfg))
     if warning:
         logging.getLogger("steppack.prepare").warning(warning)
     units, source_bytes = discover(cfg)
+    return options, runner_name, info, engine, units, source_bytes
+
+
+def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = False) -> dict:
+    """Run the job to completion and return report.json's contents."""
+    started = time.time()
+    options, runner_name, info, engine, units, source_bytes = launch_checks(cfg, list(beam_args or []))
     if is_dry_run(options):
         return dry_run(cfg, options, runner_name, info, engine, source_bytes, started, units, quiet)
     run_id = claim.new_run_id()
@@ -237,6 +242,19 @@ def run(cfg: JobConfig, beam_args: list[str] | None = None, *, quiet: bool = Fal
     if not quiet:
         print(summary(report, cfg.output))
     return report
+
+
+def plan_only(cfg: JobConfig, beam_args: list[str] | None = None, *, as_json: bool = False,
+              sample_mb: float = 4.0) -> dict:
+    """`prepare --plan`: the estimates of pipeline/estimate.py, printed; nothing is written."""
+    from .estimate import estimate, render
+    from .tokenize import DocTokenizer
+
+    _, _, info, engine, units, source_bytes = launch_checks(cfg, list(beam_args or []))
+    tokenizer_threads(cfg)
+    est = estimate(cfg, units, source_bytes, DocTokenizer(cfg, info, engine=engine), engine, sample_mb=sample_mb)
+    print(json.dumps(est, indent=1) if as_json else render(est, cfg.output))
+    return est
 
 
 def _job(cfg, info, engine, source_bytes, started, run_id):

@@ -29,7 +29,6 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
-from fractions import Fraction
 from typing import Iterator, NamedTuple
 
 import apache_beam as beam
@@ -47,7 +46,7 @@ from . import buckets as bk
 from . import claim
 from .config import JobConfig
 from .packing import ConcatPacker, Doc, Packing, concat_layout, cut_documents, packer
-from .plan import EmptyStream, Stream, derive_seed, doc_id, make_plan, permutation, shuffle_key
+from .plan import EmptyStream, Stream, derive_seed, doc_id, make_plan, permutation, shuffle_key, stages_of
 from .engines import Guard
 from .engines import record as engine_record
 from .schedule import deal_order
@@ -472,14 +471,6 @@ class PackRows(beam.PTransform):
 
 
 # ---------------------------------------------------------------- AssignSteps / WriteStepShards
-
-def stages_of(cfg: JobConfig, streams: list[Stream]) -> list[tuple]:
-    """The plan's stages: the config's mixture, or one stream taking every row (at most `steps`)."""
-    if cfg.is_mixture:
-        return cfg.mixture()
-    n = streams[0].rows // cfg.rows_per_step
-    return [(min(n, cfg.steps) if cfg.steps else n, [Fraction(1)])]
-
 
 def step_tasks(files: list[RowFile], job: Job):
     """Row files -> one task per step, one for the remainder, and what the manifest records of
