@@ -97,10 +97,13 @@ def text_fields(text: str) -> tuple[str, ...]:
     if "{" not in text:
         return (text,)
     try:
-        names = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        parts = [(f, spec, conv) for _, f, spec, conv in string.Formatter().parse(text) if f is not None]
     except ValueError as exc:
         raise ConfigError(f"text template {text!r} is malformed ({exc}); write fields as {{name}}") from exc
-    if not names or any(not n or not n.isidentifier() for n in names):
+    names = [f for f, _, _ in parts]
+    # A field's name only: no attribute or index (code on the data's objects), no conversion (a
+    # repr in the training text), no format spec ('{x:>999999999}' allocates gigabytes).
+    if not names or any(not n or not n.isidentifier() or spec or conv for n, spec, conv in parts):
         raise ConfigError(f"text template {text!r} must name its fields, as in \"{{question}}\\n\\n{{answer}}\"")
     return tuple(names)
 

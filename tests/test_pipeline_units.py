@@ -434,3 +434,12 @@ def test_a_step_larger_than_a_step_file_may_hold_is_refused_before_any_work(tmp_
                  "--rows-per-step", "300000", "--seq-len", "4096"]) == 2
     assert "1,228,800,000 tokens, above the 1,073,741,824" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("template", ["{problem.__class__}", "{problem[0]}", "{problem!r}", "{problem:>99999999}"])
+def test_a_template_may_only_name_fields_no_attribute_index_or_format_code(tmp_path, capsys, template):
+    from steppack.cli import main
+
+    assert main(["prepare", "--input", str(tmp_path / "x.jsonl"), "--text-field", template, "--output",
+                 str(tmp_path / "o")]) == 2
+    assert "must name its fields" in capsys.readouterr().err
