@@ -70,7 +70,8 @@ class SourceConfig:
     paths: tuple[str, ...]
     """Globs or paths (local, gs://, s3://, or an HF `save_to_disk` directory)."""
     text: str = "text"
-    """A field name (`text`) or a template over fields (`{question}\\n\\n{answer}`)."""
+    """A field name (`text`: a string) or a template over fields (`{question}\\n\\n{answer}`: strings
+    and numbers); any other value makes the record a bad_field reject."""
     format: str | None = None
     """jsonl | parquet | text | hf; from each file's extension when absent."""
     weight: float | None = None

@@ -24,6 +24,7 @@ import posixpath
 import re
 import zlib
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Iterator, NamedTuple
 
 import orjson
@@ -36,6 +37,8 @@ TEXT_EXTS = (".txt", ".tex", ".md", ".text", ".rst")
 JSONL_EXTS = (".jsonl", ".json", ".ndjson")
 HUB_PREFIX = "hf://datasets/"
 SURROGATE = re.compile("[\ud800-\udfff]")
+FLOAT_EXACT = float(1 << 53)
+"""Floats below this in magnitude are written into a template's text; past it they stop being exact."""
 # Every unit of a JSONL file reads (decompresses) the whole file, so the parts of one file are
 # capped: 16 full passes of zstd (~1 GB/s) cost ~2% of tokenizing the file (~1.5 MB/s per core).
 MAX_JSONL_PARTS = 16
@@ -235,20 +238,33 @@ def _row_group_bytes(path: str) -> list[int]:
 
 
 def make_text(spec: str, fields: tuple[str, ...], record) -> str | tuple[str, str]:
-    """The document text of a record, or (reason, detail) when it cannot be made."""
+    """The document text of a record, or (reason, detail) when it cannot be made.
+
+    A single field (`text`) must be a string. A template (`{question}\n\n{answer}`) also writes
+    out numbers (MATH's `level`, an integer answer): an int, a float or a Parquet decimal, as
+    Python prints it. Anything else is a `bad_field`, never its repr in the training text: a list
+    or object ("[1, 2]"), bytes of a binary column ("b'...'"), a bool ("True"), a date, NaN or
+    infinity, and a float of 2**53 or more (past it a float no longer holds every integer, and
+    orjson reads a JSON integer past 64 bits as a float: its digits would be written rounded)."""
     if not isinstance(record, dict):
         return ("bad_json", f"a record must be a JSON object, got {type(record).__name__}")
+    single = len(fields) == 1 and "{" not in spec
     values = {}
     for f in fields:
         v = record.get(f)
         if v is None:
             return ("missing_field", f"field {f!r} is missing or null")
         if not isinstance(v, str):
-            if len(fields) == 1 and "{" not in spec:
-                return ("bad_field", f"field {f!r} is a {type(v).__name__}, not a string")
+            if single or isinstance(v, bool) or not isinstance(v, (int, float, Decimal)):
+                what = "bytes (a binary column: cast it to string if it holds UTF-8 text)" \
+                    if isinstance(v, bytes) else f"a {type(v).__name__}"
+                return ("bad_field", f"field {f!r} is {what}, not a string" + ("" if single else " or a number"))
+            if isinstance(v, float) and not abs(v) < FLOAT_EXACT:  # (Parquet decimals are finite, exact)
+                return ("bad_field", f"field {f!r} is {v}: not a finite number, or one too large to write "
+                                     "exactly; make it a string")
             v = str(v)
         values[f] = v
-    return values[fields[0]] if len(fields) == 1 and "{" not in spec else spec.format_map(values)
+    return values[fields[0]] if single else spec.format_map(values)
 
 
 def _open(path: str):
@@ -390,8 +406,9 @@ def _parse(line: bytes):
     """The record of a JSONL line, or (reason, detail) when it has none.
 
     orjson first (a third of json's CPU; it also checks the UTF-8). Where it refuses, the
-    standard decoders say precisely why, and take what orjson alone refuses: integers past 64
-    bits, escaped lone surrogates (a str no UTF-8 tokenizer takes: refused below)."""
+    standard decoders say precisely why, and take what orjson alone refuses: NaN and Infinity,
+    escaped lone surrogates (a str no UTF-8 tokenizer takes: refused below). orjson reads an
+    integer past 64 bits as a float (3.10 and 3.13 alike): make_text refuses it in a template."""
     try:
         return orjson.loads(line)
     except orjson.JSONDecodeError:

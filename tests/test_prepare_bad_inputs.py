@@ -275,3 +275,46 @@ def test_deeply_nested_and_oversized_json_are_rejects_with_reasons_not_a_crash(t
     got = [it for u in discover(cfg)[0] for it in read_unit(u)]
     assert got[0] == (0, "fine") and got[2] == (2, "big int") and got[3] == (3, "café é 😀")
     assert isinstance(got[1], Reject) and got[1].reason == "bad_json" and "nested too deeply" in got[1].detail
+
+
+def test_lists_objects_bytes_and_booleans_in_a_template_are_rejects_not_their_repr_in_the_text(tmp_path):
+    # Before: a template formatted str() of any value into the training text: "[1, 2]", "{'x': 1}",
+    # "b'\\x00\\x01'", "True", "nan" (a Parquet binary, list or struct column alike), and an integer past
+    # 64 bits rounded to "1.2345678901234568e+29" (orjson reads it as a float).
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "qa.jsonl").write_bytes(b"\n".join([
+        b'{"q": "What is 2 + 2?", "a": 4}',            # numbers are values a template writes out
+        b'{"q": "Half of 3?", "a": 1.5}',
+        b'{"q": "Which?", "a": [1, 2]}',
+        b'{"q": "Where?", "a": {"x": 1}}',
+        b'{"q": "True?", "a": true}',
+        b'{"q": ["not", "text"], "a": "x"}',
+        b'{"q": "Not a number?", "a": NaN}',           # json takes NaN (orjson does not)
+        b'{"q": "Big?", "a": 123456789012345678901234567890}',  # orjson: 1.2345678901234568e+29
+        b'{"q": "2**64 - 1?", "a": 18446744073709551615}',     # still an int: written exactly
+    ]) + b"\n")
+    q = ["First?", "Second?"]
+    pq.write_table(pa.table({"q": q, "a": pa.array([b"\x00\x01", b"ok"], pa.binary())}), d / "binary.parquet")
+    pq.write_table(pa.table({"q": q, "a": pa.array([[1, 2], []], pa.list_(pa.int64()))}), d / "list.parquet")
+    pq.write_table(pa.table({"q": q, "a": pa.array([{"x": 1}, {"x": 2}])}), d / "struct.parquet")
+    pq.write_table(pa.table({"q": q, "a": pa.array([7, 8], pa.int64())}), d / "int.parquet")
+    out = str(tmp_path / "out")
+    argv = ["--input", str(d / "*"), "--text-field", "{q} = {a}", "--output", out, "--seq-len", "16",
+            "--rows-per-step", "2", "--workers", "1"]
+    assert prepare(*argv) == 0
+    rejects = [json.loads(x) for x in open(os.path.join(out, "rejects", "rejects.jsonl"))]
+    by = {(os.path.basename(r["file"]), r["record"]): (r["reason"], r["detail"]) for r in rejects}
+    assert sorted(by) == sorted([("qa.jsonl", i) for i in (2, 3, 4, 5, 6, 7)] + [(f, i) for f in (
+        "binary.parquet", "list.parquet", "struct.parquet") for i in (0, 1)])
+    assert {reason for reason, _ in by.values()} == {"bad_field"}
+    assert "'a' is a list" in by[("qa.jsonl", 2)][1] and "'q' is a list" in by[("qa.jsonl", 5)][1]
+    assert "'a' is a dict" in by[("qa.jsonl", 3)][1] and "'a' is a bool" in by[("qa.jsonl", 4)][1]
+    assert "not a finite number" in by[("qa.jsonl", 6)][1] and "too large to write exactly" in by[("qa.jsonl", 7)][1]
+    assert "bytes (a binary column" in by[("binary.parquet", 1)][1]
+    want, _ = expected_documents(parse(*argv))
+    assert sorted(t for _, t in want.values()) == sorted([
+        "What is 2 + 2? = 4", "Half of 3? = 1.5", "2**64 - 1? = 18446744073709551615",
+        "First? = 7", "Second? = 8"])
+    report = check_round_trip(out, parse(*argv))
+    assert report["documents"] == {"read": 17, "kept": 5, "dropped": 12, "dropped_by_reason": {"bad_field": 12}}
