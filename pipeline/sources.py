@@ -12,11 +12,13 @@ every `parts`-th row group. Record numbers are 0-based positions in the file (JS
 
 `read_unit` yields `(record, text)` for each usable record and `Reject`s for malformed ones (bad
 JSON, a missing field, undecodable bytes, a truncated compressed file, a damaged Parquet row group:
-one per record it holds), never raising for them.
+one per record it holds; a file that cannot be opened: a dangling symlink, a symlink loop, a
+directory), never raising for them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -155,6 +157,44 @@ def _match(pattern: str) -> list[tuple[str, int]]:
     return sorted((m.path, m.size_in_bytes) for m in result.metadata_list)
 
 
+def _broken_links(pattern: str) -> list[str]:
+    """Local symlinks that `pattern` matches and that lead nowhere (a missing target, a loop).
+    Beam's match leaves them out without a word (its listing skips a path whose size it cannot
+    read); here each is a unit whose read is one `unreadable` reject saying which, so it is
+    counted. This walks the glob's folder a second time, as Beam does (os.walk: ~0.3 s per
+    100,000 files)."""
+    if "://" in pattern:
+        return []
+    if not re.search(r"[*?\[]", pattern):
+        return [pattern] if _dangling(pattern) else []
+    from apache_beam.io.filesystem import FileSystem
+
+    match = re.compile(FileSystem.translate_pattern(pattern)).match
+    return [p for d, _, names in os.walk(_glob_base(pattern) or ".") for n in names
+            if _dangling(p := os.path.join(d, n)) and match(p)]
+
+
+def _dangling(path: str) -> bool:
+    return os.path.islink(path) and not os.path.exists(path)
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why a local input path cannot be read as a file, or None; the readers' own errors would not
+    say that a missing file is a dangling symlink, and a Parquet reader would blame the footer."""
+    if "://" in path:
+        return None
+    if os.path.isdir(path):
+        return f"{path} is a directory, not a file"
+    if _dangling(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"a symlink loop: {path} -> {os.readlink(path)} never reaches a file ({exc.strerror})"
+        return f"a dangling symlink: {path} -> {os.readlink(path)}, which does not exist"
+    return None
+
+
 def _dir_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -181,7 +221,7 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], list[int]]:
                 units += [Unit(si, src.name, pattern, _key(pattern.rstrip("/"), root), "hf", None,
                                src.text, j, parts, size / parts) for j in range(parts)]
                 continue
-            files = _match(pattern)
+            files = sorted(_match(pattern) + [(p, 0) for p in _broken_links(pattern)])
             if not files:
                 raise InputError(f"input {pattern} (source {src.name!r}) matches no file; check the path")
             for path, size in files:
@@ -359,7 +399,11 @@ def _lines(stream) -> Iterator[bytes]:
 def read_unit(u: Unit) -> Iterator[tuple[int, str] | Reject]:
     """Records of one unit as (record number, text), and Rejects for the ones that cannot be used."""
     fields = text_fields(u.text)
-    if u.format == "jsonl":
+    why = None if u.format in ("hf", "hub") else _not_a_file(u.path)
+    if why:
+        if u.part == 0:
+            yield _reject(u, 0, "unreadable", why)
+    elif u.format == "jsonl":
         yield from _read_jsonl(u, fields)
     elif u.format == "parquet":
         yield from _read_parquet(u, fields)
@@ -493,6 +537,9 @@ def _read_text(u: Unit) -> Iterator[tuple[int, str] | Reject]:
             data = _decompressed(raw, u.compression).read()
     except _truncation_errors() as exc:
         yield _reject(u, 0, "truncated", f"compressed stream ends early ({exc})")
+        return
+    except OSError as exc:
+        yield _reject(u, 0, "unreadable", f"read failed ({exc})")
         return
     try:
         yield 0, data.decode("utf-8")

@@ -318,3 +318,51 @@ def test_lists_objects_bytes_and_booleans_in_a_template_are_rejects_not_their_re
         "First? = 7", "Second? = 8"])
     report = check_round_trip(out, parse(*argv))
     assert report["documents"] == {"read": 17, "kept": 5, "dropped": 12, "dropped_by_reason": {"bad_field": 12}}
+
+
+def test_dangling_and_looping_symlinks_and_a_directory_are_unreadable_rejects_not_skipped_or_a_crash(tmp_path):
+    # Before: Beam's match left out a dangling symlink or a symlink loop without a word (its listing
+    # skips a path whose size it cannot read), a direct path to one "matched no file" and stopped
+    # the job, and a directory named as a .txt input stopped it with IsADirectoryError.
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "good.txt").write_text(GOOD[0])
+    (d / "good.jsonl").write_bytes(jsonl(GOOD[1:4]))
+    os.symlink(tmp_path / "gone.jsonl", d / "dangling.jsonl")
+    os.symlink(tmp_path / "gone.parquet", d / "dangling.parquet")
+    os.symlink("loop-b.txt", d / "loop-a.txt")
+    os.symlink("loop-a.txt", d / "loop-b.txt")
+    os.symlink(tmp_path / "gone.txt", tmp_path / "named.txt")
+    (tmp_path / "folder.txt").mkdir()
+    out = str(tmp_path / "out")
+    argv = ["--input", str(d / "*"), "--input", str(tmp_path / "named.txt"), "--input", str(tmp_path / "folder.txt"),
+            "--output", out, "--seq-len", "16", "--rows-per-step", "2", "--workers", "1"]
+    assert prepare(*argv) == 0
+    rejects = [json.loads(x) for x in open(os.path.join(out, "rejects", "rejects.jsonl"))]
+    by = {os.path.relpath(r["file"], tmp_path): (r["record"], r["reason"], r["detail"]) for r in rejects}
+    assert sorted(by) == ["folder.txt", "in/dangling.jsonl", "in/dangling.parquet", "in/loop-a.txt",
+                          "in/loop-b.txt", "named.txt"]
+    assert {(record, reason) for record, reason, _ in by.values()} == {(0, "unreadable")}
+    assert "dangling symlink" in by["in/dangling.jsonl"][2] and "gone.jsonl" in by["in/dangling.jsonl"][2]
+    assert "dangling symlink" in by["in/dangling.parquet"][2] and "dangling symlink" in by["named.txt"][2]
+    assert "symlink loop" in by["in/loop-a.txt"][2] and "symlink loop" in by["in/loop-b.txt"][2]
+    assert "a directory" in by["folder.txt"][2]
+    report = check_round_trip(out, parse(*argv))
+    assert report["documents"] == {"read": 10, "kept": 4, "dropped": 6, "dropped_by_reason": {"unreadable": 6}}
+
+
+@pytest.mark.parametrize("name", ["gone.txt", "gone.jsonl", "gone.parquet"])
+def test_a_file_that_cannot_be_opened_when_read_is_an_unreadable_reject(tmp_path, name):
+    # Before: the text reader let the OSError out (the job stopped); JSONL and Parquet made a reject.
+    from steppack.pipeline.sources import Reject, read_unit
+
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        pq.write_table(pa.table({"text": GOOD[:2]}), path)
+    else:
+        path.write_bytes(jsonl(GOOD[:2]) if name.endswith(".jsonl") else GOOD[0].encode())
+    units = discover(parse("--input", str(path), "--output", str(tmp_path / "out")))[0]
+    path.unlink()  # gone between listing and reading (an object store's file deleted, a disk lost)
+    got = [it for u in units for it in read_unit(u)]
+    assert [(type(it), it.record, it.reason) for it in got] == [(Reject, 0, "unreadable")]
+    assert "No such file" in got[0].detail
