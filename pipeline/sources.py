@@ -13,7 +13,7 @@ every `parts`-th row group. Record numbers are 0-based positions in the file (JS
 `read_unit` yields `(record, text)` for each usable record and `Reject`s for malformed ones (bad
 JSON, a missing field, undecodable bytes, a truncated compressed file, a damaged Parquet row group:
 one per record it holds; a file that cannot be opened: a dangling symlink, a symlink loop, a
-directory), never raising for them.
+directory; a record over `max_doc_bytes`, passed over before it is parsed), never raising for them.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Reject(NamedTuple):
     file: str
     record: int
     reason: str
-    """bad_json | missing_field | bad_field | bad_utf8 | truncated | unreadable"""
+    """bad_json | missing_field | bad_field | bad_utf8 | truncated | unreadable | too_large"""
     detail: str
 
     def to_dict(self) -> dict:
@@ -78,6 +78,8 @@ class Unit:
     parts: int
     weight: float = 0.0
     """Estimated uncompressed bytes of this unit: orders units so that work spreads evenly."""
+    max_doc_bytes: int = 0
+    """A record of more bytes is a too_large reject (JobConfig.max_doc_bytes; 0: no limit)."""
 
 
 def detect_format(path: str) -> tuple[str, str | None]:
@@ -205,12 +207,14 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], list[int]]:
     units: list[Unit] = []
     sizes = []
     unit_bytes = cfg.unit_mb * (1 << 20)
+    cap = cfg.max_doc_bytes
     for si, src in enumerate(cfg.sources):
         root = source_root(src.paths)
         total = 0
         for pattern in src.paths:
             if pattern.startswith(HUB_PREFIX):
-                units.append(Unit(si, src.name, pattern, pattern[len(HUB_PREFIX):], "hub", None, src.text, 0, 1))
+                units.append(Unit(si, src.name, pattern, pattern[len(HUB_PREFIX):], "hub", None, src.text, 0, 1,
+                                  max_doc_bytes=cap))
                 continue
             if _is_hf_dir(pattern) or src.format == "hf":
                 if not _is_hf_dir(pattern):
@@ -219,7 +223,7 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], list[int]]:
                 total += size
                 parts = max(1, math.ceil(size / unit_bytes))
                 units += [Unit(si, src.name, pattern, _key(pattern.rstrip("/"), root), "hf", None,
-                               src.text, j, parts, size / parts) for j in range(parts)]
+                               src.text, j, parts, size / parts, cap) for j in range(parts)]
                 continue
             files = sorted(_match(pattern) + [(p, 0) for p in _broken_links(pattern)])
             if not files:
@@ -240,7 +244,8 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], list[int]]:
                     parts = max(1, min(MAX_JSONL_PARTS, math.ceil(size * COMPRESSION_RATIO[comp] / unit_bytes))) \
                         if fmt == "jsonl" else 1
                     weights = [size * COMPRESSION_RATIO.get(comp, 1) / parts] * parts
-                units += [Unit(si, src.name, path, key, fmt, comp, src.text, j, parts, weights[j]) for j in range(parts)]
+                units += [Unit(si, src.name, path, key, fmt, comp, src.text, j, parts, weights[j], cap)
+                          for j in range(parts)]
         sizes.append(total)
     check_unique_keys(units)
     return units, sizes
@@ -313,26 +318,24 @@ def _open(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def _decompressed(raw, compression: str | None):
-    if compression in ("gzip", "zstd"):
-        return _Decompressed(raw, compression)
-    return raw
-
-
 class _Decompressed:
-    """Lines (without their newline) of a gzip or zstd stream, several members/frames allowed;
-    EOFError when the last one is cut short.
+    """Lines (without their newline) of a plain, gzip or zstd stream, several members/frames
+    allowed; EOFError when the last one is cut short. A line (or, with `read`, the whole stream)
+    longer than `max_bytes` comes as its length alone: its bytes are dropped as they are read, so
+    a 2 GB line (a .json file that is one array) holds at most `max_bytes` of memory, not 2 GB and
+    then its parse.
 
     zstandard's stream_reader ends silently on a truncated frame, which would lose records
-    unseen. Both codecs go through the same loop: 64 KiB of input at a time, decompressed and
+    unseen. All go through the same loop: 64 KiB of input at a time, decompressed and
     split into lines in C (`gzip.GzipFile`'s line iterator took 1.2-1.4x the CPU on mathlib3's files).
     A gzip member's CRC and length are checked by zlib (zlib.error on a mismatch, raised before
     the piece's output: the lines of earlier pieces are kept); zero bytes after the last member
     are padding, as `gzip` allows.
     """
 
-    def __init__(self, raw, compression: str, chunk: int = 1 << 16):
+    def __init__(self, raw, compression: str | None, max_bytes: int = 0, chunk: int = 1 << 16):
         self.raw, self.compression, self.chunk = raw, compression, chunk
+        self.max_bytes = max_bytes or math.inf
 
     def _decompressor(self):
         if self.compression == "gzip":
@@ -342,6 +345,9 @@ class _Decompressed:
         return zstandard.ZstdDecompressor().decompressobj()
 
     def _chunks(self) -> Iterator[bytes]:
+        if self.compression is None:
+            yield from iter(lambda: self.raw.read(self.chunk), b"")
+            return
         gz = self.compression == "gzip"
         dobj = self._decompressor()
         started = False
@@ -364,19 +370,33 @@ class _Decompressed:
         if started and not dobj.eof:
             raise EOFError(f"{self.compression} stream ends before its end marker (truncated file)")
 
-    def __iter__(self) -> Iterator[bytes]:
-        rest = b""
+    def __iter__(self) -> Iterator[bytes | int]:
+        cap = self.max_bytes
+        parts: list[bytes] = []  # the line so far, in pieces; dropped once it is longer than cap
+        size = 0
         for out in self._chunks():
-            lines = out.split(b"\n")
-            if rest:
-                lines[0] = rest + lines[0]
-            rest = lines.pop()
-            yield from lines
-        if rest:
-            yield rest
+            *lines, tail = out.split(b"\n")
+            for line in lines:
+                n = size + len(line)
+                yield n if n > cap else (b"".join([*parts, line]) if parts else line)
+                parts, size = [], 0
+            size += len(tail)
+            if size > cap:
+                parts = []
+            elif tail:
+                parts.append(tail)
+        if size:
+            yield size if size > cap else b"".join(parts)
 
-    def read(self) -> bytes:
-        return b"".join(self._chunks())
+    def read(self) -> bytes | int:
+        parts, size = [], 0
+        for out in self._chunks():
+            size += len(out)
+            if size > self.max_bytes:
+                parts.clear()
+            else:
+                parts.append(out)
+        return size if size > self.max_bytes else b"".join(parts)
 
 
 TRUNCATION_ERRORS: tuple = (EOFError, zlib.error)
@@ -424,13 +444,16 @@ def _read_jsonl(u: Unit, fields) -> Iterator[tuple[int, str] | Reject]:
     n = -1
     try:
         with _open(u.path) as raw:
-            stream = _decompressed(raw, u.compression)
+            stream = _Decompressed(raw, u.compression, u.max_doc_bytes)
             for n, line in enumerate(stream):
                 if n % u.parts != u.part:
                     continue
-                if not line.strip():
+                if isinstance(line, int):  # longer than max_doc_bytes: the stream kept its length alone
+                    made = _too_large(line, u)
+                elif not line.strip():
                     continue  # blank lines are not records
-                made = _parse(line)
+                else:
+                    made = _parse(line)
                 if not isinstance(made, tuple):
                     made = make_text(u.text, fields, made)
                 if isinstance(made, tuple):
@@ -501,18 +524,56 @@ def _read_row_group(u: Unit, fields, pf, g: int, cols, start: int, rows: int) ->
     import pyarrow as pa
 
     try:
-        recs = _records(pf.read_row_group(g, columns=cols))
+        items = list(_table_items(u, fields, pf.read_row_group(g, columns=cols), range(start, start + rows)))
     except (pa.ArrowInvalid, OSError) as exc:  # all that 900 random damages to pages raised (+ UTF-8: _records)
         detail = (f"row group {g} of {pf.metadata.num_row_groups} (records {start}-{start + rows - 1}) "
                   f"cannot be read ({exc})")
         yield from (_reject(u, start + i, "unreadable", detail) for i in range(rows))
         return
-    for i, rec in enumerate(recs):
-        made = rec if isinstance(rec, tuple) else make_text(u.text, fields, rec)
+    yield from items
+
+
+def _table_items(u: Unit, fields, table, records: range) -> Iterator[tuple[int, str] | Reject]:
+    """(record, text) or a Reject for each row of an Arrow table (a Parquet row group, a batch of an
+    HF dataset), its rows numbered by `records`. A row whose string and binary values hold more
+    than max_doc_bytes is a too_large reject, found in Arrow before any of it becomes a Python str."""
+    import pyarrow.compute as pc
+
+    big: dict[int, int] = {}
+    sizes = _value_bytes(table) if u.max_doc_bytes else None
+    if sizes is not None:
+        over = pc.greater(sizes, u.max_doc_bytes)
+        if pc.any(over).as_py():
+            big = {i: n for i, (n, o) in enumerate(zip(sizes.to_pylist(), over.to_pylist())) if o}
+            table = table.filter(pc.invert(over))
+    rows = iter(_records(table))
+    for i, record in enumerate(records):
+        made = _too_large(big[i], u) if i in big else next(rows)
+        if not isinstance(made, tuple):
+            made = make_text(u.text, fields, made)
         if isinstance(made, tuple):
-            yield _reject(u, start + i, made[0], made[1])
+            yield _reject(u, record, made[0], made[1])
         else:
-            yield start + i, made
+            yield record, made
+
+
+def _value_bytes(table):
+    """Bytes of each row's string and binary values (an Arrow int64 array), or None when the table
+    has no such column (numbers are small; a list or struct is a bad_field whatever its size)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = None
+    for col in table.columns:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or \
+                pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            n = pc.fill_null(pc.binary_length(col), 0).cast(pa.int64())
+            total = n if total is None else pc.add(total, n)
+    return total
+
+
+def _too_large(size: int, u: Unit) -> tuple[str, str]:
+    return ("too_large", f"{size:,} bytes, over max_doc_bytes {u.max_doc_bytes:,} (--max-doc-bytes)")
 
 
 def _records(table) -> list:
@@ -534,12 +595,15 @@ def _record(table, i: int):
 def _read_text(u: Unit) -> Iterator[tuple[int, str] | Reject]:
     try:
         with _open(u.path) as raw:
-            data = _decompressed(raw, u.compression).read()
+            data = _Decompressed(raw, u.compression, u.max_doc_bytes).read()
     except _truncation_errors() as exc:
         yield _reject(u, 0, "truncated", f"compressed stream ends early ({exc})")
         return
     except OSError as exc:
         yield _reject(u, 0, "unreadable", f"read failed ({exc})")
+        return
+    if isinstance(data, int):  # longer than max_doc_bytes: only its length was kept
+        yield _reject(u, 0, *_too_large(data, u))
         return
     try:
         yield 0, data.decode("utf-8")
@@ -559,16 +623,12 @@ def _read_hf(u: Unit, fields) -> Iterator[tuple[int, str] | Reject]:
         raise InputError(f"{u.path} holds several splits ({', '.join(ds)}); point at one split's directory")
     cols = [c for c in fields if c in ds.column_names]
     idx = range(u.part, len(ds), u.parts)
-    part = ds.select_columns(cols).select(idx)
-    i = 0
-    for batch in part.iter(batch_size=1024):
-        n = len(next(iter(batch.values()))) if batch else 0
-        for k in range(n):
-            rec = {c: batch[c][k] for c in cols}
-            made = make_text(u.text, fields, rec)
-            record = idx[i]
-            i += 1
-            yield (_reject(u, record, made[0], made[1]) if isinstance(made, tuple) else (record, made))
     if not cols:
         for record in idx:
             yield _reject(u, record, "missing_field", f"fields {list(fields)} are not columns of {u.path}")
+        return
+    i = 0
+    # Arrow batches, as a Parquet row group is read: the same size check before any Python str.
+    for batch in ds.select_columns(cols).select(idx).with_format("arrow").iter(batch_size=1024):
+        yield from _table_items(u, fields, batch, idx[i : i + batch.num_rows])
+        i += batch.num_rows

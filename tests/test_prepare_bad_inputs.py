@@ -366,3 +366,73 @@ def test_a_file_that_cannot_be_opened_when_read_is_an_unreadable_reject(tmp_path
     got = [it for u in units for it in read_unit(u)]
     assert [(type(it), it.record, it.reason) for it in got] == [(Reject, 0, "unreadable")]
     assert "No such file" in got[0].detail
+
+
+def test_a_record_over_max_doc_bytes_is_a_too_large_reject_in_every_format(tmp_path):
+    # Before: there was no cap; a record of any size was read whole, parsed and tokenized (a 50 MB
+    # JSONL line took 1.8 GB of memory).
+    import datasets
+
+    cap = 4096
+    mid = " ".join(GOOD)[: cap - 200]  # a long document under the cap: kept
+    lines = "".join(json.dumps({"text": t}) + "\n" for t in [GOOD[0], "y" * (3 * cap), mid, GOOD[3]])
+    d = tmp_path / "in"
+    d.mkdir()
+    (d / "a.jsonl").write_text(lines)
+    (d / "b.jsonl.gz").write_bytes(gzip.compress(lines.encode(), mtime=0))
+    (d / "big.txt").write_text("w " * cap)
+    (d / "small.txt").write_text(GOOD[5])
+    pq.write_table(pa.table({"text": [GOOD[6], "v" * (2 * cap), GOOD[7]]}), d / "c.parquet")
+    datasets.Dataset.from_dict({"text": [GOOD[8], "u" * (cap + 1)]}).save_to_disk(str(tmp_path / "hf"))
+    out = str(tmp_path / "out")
+    argv = ["--input", str(d / "*"), "--input", str(tmp_path / "hf"), "--max-doc-bytes", str(cap),
+            "--output", out, "--seq-len", "64", "--rows-per-step", "4", "--workers", "1"]
+    assert prepare(*argv) == 0
+    rejects = [json.loads(x) for x in open(os.path.join(out, "rejects", "rejects.jsonl"))]
+    by = {(os.path.relpath(r["file"], tmp_path), r["record"]): (r["reason"], r["detail"]) for r in rejects}
+    assert by == {
+        ("in/a.jsonl", 1): ("too_large", "line 2: 12,300 bytes, over max_doc_bytes 4,096 (--max-doc-bytes)"),
+        ("in/b.jsonl.gz", 1): ("too_large", "line 2: 12,300 bytes, over max_doc_bytes 4,096 (--max-doc-bytes)"),
+        ("in/big.txt", 0): ("too_large", "8,192 bytes, over max_doc_bytes 4,096 (--max-doc-bytes)"),
+        ("in/c.parquet", 1): ("too_large", "8,192 bytes, over max_doc_bytes 4,096 (--max-doc-bytes)"),
+        ("hf", 1): ("too_large", "4,097 bytes, over max_doc_bytes 4,096 (--max-doc-bytes)"),
+    }
+    want, _ = expected_documents(parse(*argv))
+    assert sorted(t for _, t in want.values()) == sorted(
+        [GOOD[0], mid, GOOD[3]] * 2 + [GOOD[5], GOOD[6], GOOD[7], GOOD[8]])
+    report = check_round_trip(out, parse(*argv))
+    assert report["documents"] == {"read": 15, "kept": 10, "dropped": 5, "dropped_by_reason": {"too_large": 5}}
+    # 0: no limit. The default is 16 MiB.
+    from steppack.pipeline.sources import Reject, read_unit
+
+    units = discover(parse(*argv, "--max-doc-bytes", "0"))[0]
+    assert not [it for u in units for it in read_unit(u) if isinstance(it, Reject)]
+    assert parse("--input", "x.jsonl", "--output", out).max_doc_bytes == 16 << 20
+    from steppack.pipeline.config import build
+
+    assert build({"max_doc_bytes": 1024}, str(tmp_path), {"input": ["x.jsonl"], "output": out}).max_doc_bytes == 1024
+
+
+def test_a_jsonl_line_over_the_cap_is_passed_over_in_pieces_never_held_whole(tmp_path):
+    # Before: the 64 MiB line was read into one bytes object, then parsed into a 64 MiB str.
+    import tracemalloc
+
+    from steppack.pipeline.sources import read_unit
+
+    path = tmp_path / "huge.jsonl"
+    with open(path, "wb") as f:
+        f.write(b'{"text": "before"}\n{"text": "')
+        for _ in range(64):
+            f.write(b"x" * (1 << 20))
+        f.write(b'"}\n{"text": "after"}\n')
+    units = discover(parse("--input", str(path), "--output", str(tmp_path / "out"), "--unit-mb", "1000",
+                           "--max-doc-bytes", str(1 << 20)))[0]
+    tracemalloc.start()
+    try:
+        got = [it for u in units for it in read_unit(u)]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert got[0] == (0, "before") and got[2] == (2, "after")
+    assert got[1].reason == "too_large" and got[1].detail.startswith(f"line 2: {(64 << 20) + 12:,} bytes")
+    assert peak < 4 << 20  # 64 KiB reads (1.1 MiB measured); before: 896 MiB (tracemalloc's peak)
