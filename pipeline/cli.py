@@ -45,6 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--eos-token", help=h("eos_token"))
     g.add_argument("--min-chars", type=int, help=h("min_chars"))
     g.add_argument("--max-chars", type=int, help=h("max_chars"))
+    g.add_argument("--max-doc-bytes", type=int, metavar="N", help=h("max_doc_bytes") + " (default 16777216: 16 MiB)")
     g.add_argument("--piece-chars", type=int, help=h("piece_chars"))
     g.add_argument("--tokenizer-engine", choices=["auto", "fast", "hf"], help=h("tokenizer_engine") + " (default auto)")
     g.add_argument("--verify-tokenizer", metavar="all|none|1/N", help=h("verify_tokenizer") + " (default 1/1000)")
@@ -67,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 FLAG_KEYS = ("input", "text_field", "format", "output", "seq_len", "rows_per_step", "global_batch_tokens",
              "compression", "overwrite", "tokenizer", "specials", "bos_token", "eos_token", "min_chars",
-             "max_chars", "piece_chars", "seed", "packing", "bucket_mb", "unit_mb", "workers", "steps",
+             "max_chars", "max_doc_bytes", "piece_chars", "seed", "packing", "bucket_mb", "unit_mb", "workers", "steps",
              "tokenizer_engine", "verify_tokenizer")
 
 

@@ -70,7 +70,8 @@ class SourceConfig:
     paths: tuple[str, ...]
     """Globs or paths (local, gs://, s3://, or an HF `save_to_disk` directory)."""
     text: str = "text"
-    """A field name (`text`) or a template over fields (`{question}\\n\\n{answer}`)."""
+    """A field name (`text`: a string) or a template over fields (`{question}\\n\\n{answer}`: strings
+    and numbers); any other value makes the record a bad_field reject."""
     format: str | None = None
     """jsonl | parquet | text | hf; from each file's extension when absent."""
     weight: float | None = None
@@ -162,6 +163,9 @@ class JobConfig:
     """Drop documents with fewer characters (0: keep all non-empty)."""
     max_chars: int = 0
     """Drop documents with more characters (0: no limit)."""
+    max_doc_bytes: int = 16 << 20
+    """A record of more bytes (a JSONL line, a text file, the text fields of a Parquet or HF
+    record) is rejected as too_large before it is parsed (0: no limit)."""
     piece_chars: int = 1 << 20
     """A document longer than this is tokenized in pieces of at most this many characters."""
     tokenizer_engine: str = "auto"
@@ -201,6 +205,8 @@ class JobConfig:
         check_step_size(self.rows_per_step, self.seq_len, "the job")
         if self.unit_mb <= 0:
             raise ConfigError(f"unit-mb must be positive, got {self.unit_mb}")
+        if isinstance(self.max_doc_bytes, bool) or not isinstance(self.max_doc_bytes, int) or self.max_doc_bytes < 0:
+            raise ConfigError(f"max-doc-bytes must be an integer >= 0 (0 means no limit), got {self.max_doc_bytes!r}")
         if self.min_chars < 0 or self.max_chars < 0:
             raise ConfigError("min-chars and max-chars must be >= 0 (0 means no limit)")
         if self.max_chars and self.min_chars > self.max_chars:

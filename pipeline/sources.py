@@ -12,11 +12,13 @@ every `parts`-th row group. Record numbers are 0-based positions in the file (JS
 
 `read_unit` yields `(record, text)` for each usable record and `Reject`s for malformed ones (bad
 JSON, a missing field, undecodable bytes, a truncated compressed file, a damaged Parquet row group:
-one per record it holds), never raising for them.
+one per record it holds; a file that cannot be opened: a dangling symlink, a symlink loop, a
+directory; a record over `max_doc_bytes`, passed over before it is parsed), never raising for them.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -24,6 +26,7 @@ import posixpath
 import re
 import zlib
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Iterator, NamedTuple
 
 import orjson
@@ -36,6 +39,8 @@ TEXT_EXTS = (".txt", ".tex", ".md", ".text", ".rst")
 JSONL_EXTS = (".jsonl", ".json", ".ndjson")
 HUB_PREFIX = "hf://datasets/"
 SURROGATE = re.compile("[\ud800-\udfff]")
+FLOAT_EXACT = float(1 << 53)
+"""Floats below this in magnitude are written into a template's text; past it they stop being exact."""
 # Every unit of a JSONL file reads (decompresses) the whole file, so the parts of one file are
 # capped: 16 full passes of zstd (~1 GB/s) cost ~2% of tokenizing the file (~1.5 MB/s per core).
 MAX_JSONL_PARTS = 16
@@ -50,7 +55,7 @@ class Reject(NamedTuple):
     file: str
     record: int
     reason: str
-    """bad_json | missing_field | bad_field | bad_utf8 | truncated | unreadable"""
+    """bad_json | missing_field | bad_field | bad_utf8 | truncated | unreadable | too_large"""
     detail: str
 
     def to_dict(self) -> dict:
@@ -73,6 +78,8 @@ class Unit:
     parts: int
     weight: float = 0.0
     """Estimated uncompressed bytes of this unit: orders units so that work spreads evenly."""
+    max_doc_bytes: int = 0
+    """A record of more bytes is a too_large reject (JobConfig.max_doc_bytes; 0: no limit)."""
 
 
 def detect_format(path: str) -> tuple[str, str | None]:
@@ -152,6 +159,44 @@ def _match(pattern: str) -> list[tuple[str, int]]:
     return sorted((m.path, m.size_in_bytes) for m in result.metadata_list)
 
 
+def _broken_links(pattern: str) -> list[str]:
+    """Local symlinks that `pattern` matches and that lead nowhere (a missing target, a loop).
+    Beam's match leaves them out without a word (its listing skips a path whose size it cannot
+    read); here each is a unit whose read is one `unreadable` reject saying which, so it is
+    counted. This walks the glob's folder a second time, as Beam does (os.walk: ~0.3 s per
+    100,000 files)."""
+    if "://" in pattern:
+        return []
+    if not re.search(r"[*?\[]", pattern):
+        return [pattern] if _dangling(pattern) else []
+    from apache_beam.io.filesystem import FileSystem
+
+    match = re.compile(FileSystem.translate_pattern(pattern)).match
+    return [p for d, _, names in os.walk(_glob_base(pattern) or ".") for n in names
+            if _dangling(p := os.path.join(d, n)) and match(p)]
+
+
+def _dangling(path: str) -> bool:
+    return os.path.islink(path) and not os.path.exists(path)
+
+
+def _not_a_file(path: str) -> str | None:
+    """Why a local input path cannot be read as a file, or None; the readers' own errors would not
+    say that a missing file is a dangling symlink, and a Parquet reader would blame the footer."""
+    if "://" in path:
+        return None
+    if os.path.isdir(path):
+        return f"{path} is a directory, not a file"
+    if _dangling(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"a symlink loop: {path} -> {os.readlink(path)} never reaches a file ({exc.strerror})"
+        return f"a dangling symlink: {path} -> {os.readlink(path)}, which does not exist"
+    return None
+
+
 def _dir_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
@@ -162,12 +207,14 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], list[int]]:
     units: list[Unit] = []
     sizes = []
     unit_bytes = cfg.unit_mb * (1 << 20)
+    cap = cfg.max_doc_bytes
     for si, src in enumerate(cfg.sources):
         root = source_root(src.paths)
         total = 0
         for pattern in src.paths:
             if pattern.startswith(HUB_PREFIX):
-                units.append(Unit(si, src.name, pattern, pattern[len(HUB_PREFIX):], "hub", None, src.text, 0, 1))
+                units.append(Unit(si, src.name, pattern, pattern[len(HUB_PREFIX):], "hub", None, src.text, 0, 1,
+                                  max_doc_bytes=cap))
                 continue
             if _is_hf_dir(pattern) or src.format == "hf":
                 if not _is_hf_dir(pattern):
@@ -176,9 +223,9 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], list[int]]:
                 total += size
                 parts = max(1, math.ceil(size / unit_bytes))
                 units += [Unit(si, src.name, pattern, _key(pattern.rstrip("/"), root), "hf", None,
-                               src.text, j, parts, size / parts) for j in range(parts)]
+                               src.text, j, parts, size / parts, cap) for j in range(parts)]
                 continue
-            files = _match(pattern)
+            files = sorted(_match(pattern) + [(p, 0) for p in _broken_links(pattern)])
             if not files:
                 raise InputError(f"input {pattern} (source {src.name!r}) matches no file; check the path")
             for path, size in files:
@@ -197,7 +244,8 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], list[int]]:
                     parts = max(1, min(MAX_JSONL_PARTS, math.ceil(size * COMPRESSION_RATIO[comp] / unit_bytes))) \
                         if fmt == "jsonl" else 1
                     weights = [size * COMPRESSION_RATIO.get(comp, 1) / parts] * parts
-                units += [Unit(si, src.name, path, key, fmt, comp, src.text, j, parts, weights[j]) for j in range(parts)]
+                units += [Unit(si, src.name, path, key, fmt, comp, src.text, j, parts, weights[j], cap)
+                          for j in range(parts)]
         sizes.append(total)
     check_unique_keys(units)
     return units, sizes
@@ -235,20 +283,33 @@ def _row_group_bytes(path: str) -> list[int]:
 
 
 def make_text(spec: str, fields: tuple[str, ...], record) -> str | tuple[str, str]:
-    """The document text of a record, or (reason, detail) when it cannot be made."""
+    """The document text of a record, or (reason, detail) when it cannot be made.
+
+    A single field (`text`) must be a string. A template (`{question}\n\n{answer}`) also writes
+    out numbers (MATH's `level`, an integer answer): an int, a float or a Parquet decimal, as
+    Python prints it. Anything else is a `bad_field`, never its repr in the training text: a list
+    or object ("[1, 2]"), bytes of a binary column ("b'...'"), a bool ("True"), a date, NaN or
+    infinity, and a float of 2**53 or more (past it a float no longer holds every integer, and
+    orjson reads a JSON integer past 64 bits as a float: its digits would be written rounded)."""
     if not isinstance(record, dict):
         return ("bad_json", f"a record must be a JSON object, got {type(record).__name__}")
+    single = len(fields) == 1 and "{" not in spec
     values = {}
     for f in fields:
         v = record.get(f)
         if v is None:
             return ("missing_field", f"field {f!r} is missing or null")
         if not isinstance(v, str):
-            if len(fields) == 1 and "{" not in spec:
-                return ("bad_field", f"field {f!r} is a {type(v).__name__}, not a string")
+            if single or isinstance(v, bool) or not isinstance(v, (int, float, Decimal)):
+                what = "bytes (a binary column: cast it to string if it holds UTF-8 text)" \
+                    if isinstance(v, bytes) else f"a {type(v).__name__}"
+                return ("bad_field", f"field {f!r} is {what}, not a string" + ("" if single else " or a number"))
+            if isinstance(v, float) and not abs(v) < FLOAT_EXACT:  # (Parquet decimals are finite, exact)
+                return ("bad_field", f"field {f!r} is {v}: not a finite number, or one too large to write "
+                                     "exactly; make it a string")
             v = str(v)
         values[f] = v
-    return values[fields[0]] if len(fields) == 1 and "{" not in spec else spec.format_map(values)
+    return values[fields[0]] if single else spec.format_map(values)
 
 
 def _open(path: str):
@@ -257,26 +318,24 @@ def _open(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def _decompressed(raw, compression: str | None):
-    if compression in ("gzip", "zstd"):
-        return _Decompressed(raw, compression)
-    return raw
-
-
 class _Decompressed:
-    """Lines (without their newline) of a gzip or zstd stream, several members/frames allowed;
-    EOFError when the last one is cut short.
+    """Lines (without their newline) of a plain, gzip or zstd stream, several members/frames
+    allowed; EOFError when the last one is cut short. A line (or, with `read`, the whole stream)
+    longer than `max_bytes` comes as its length alone: its bytes are dropped as they are read, so
+    a 2 GB line (a .json file that is one array) holds at most `max_bytes` of memory, not 2 GB and
+    then its parse.
 
     zstandard's stream_reader ends silently on a truncated frame, which would lose records
-    unseen. Both codecs go through the same loop: 64 KiB of input at a time, decompressed and
+    unseen. All go through the same loop: 64 KiB of input at a time, decompressed and
     split into lines in C (`gzip.GzipFile`'s line iterator took 1.2-1.4x the CPU on mathlib3's files).
     A gzip member's CRC and length are checked by zlib (zlib.error on a mismatch, raised before
     the piece's output: the lines of earlier pieces are kept); zero bytes after the last member
     are padding, as `gzip` allows.
     """
 
-    def __init__(self, raw, compression: str, chunk: int = 1 << 16):
+    def __init__(self, raw, compression: str | None, max_bytes: int = 0, chunk: int = 1 << 16):
         self.raw, self.compression, self.chunk = raw, compression, chunk
+        self.max_bytes = max_bytes or math.inf
 
     def _decompressor(self):
         if self.compression == "gzip":
@@ -286,6 +345,9 @@ class _Decompressed:
         return zstandard.ZstdDecompressor().decompressobj()
 
     def _chunks(self) -> Iterator[bytes]:
+        if self.compression is None:
+            yield from iter(lambda: self.raw.read(self.chunk), b"")
+            return
         gz = self.compression == "gzip"
         dobj = self._decompressor()
         started = False
@@ -308,19 +370,33 @@ class _Decompressed:
         if started and not dobj.eof:
             raise EOFError(f"{self.compression} stream ends before its end marker (truncated file)")
 
-    def __iter__(self) -> Iterator[bytes]:
-        rest = b""
+    def __iter__(self) -> Iterator[bytes | int]:
+        cap = self.max_bytes
+        parts: list[bytes] = []  # the line so far, in pieces; dropped once it is longer than cap
+        size = 0
         for out in self._chunks():
-            lines = out.split(b"\n")
-            if rest:
-                lines[0] = rest + lines[0]
-            rest = lines.pop()
-            yield from lines
-        if rest:
-            yield rest
+            *lines, tail = out.split(b"\n")
+            for line in lines:
+                n = size + len(line)
+                yield n if n > cap else (b"".join([*parts, line]) if parts else line)
+                parts, size = [], 0
+            size += len(tail)
+            if size > cap:
+                parts = []
+            elif tail:
+                parts.append(tail)
+        if size:
+            yield size if size > cap else b"".join(parts)
 
-    def read(self) -> bytes:
-        return b"".join(self._chunks())
+    def read(self) -> bytes | int:
+        parts, size = [], 0
+        for out in self._chunks():
+            size += len(out)
+            if size > self.max_bytes:
+                parts.clear()
+            else:
+                parts.append(out)
+        return size if size > self.max_bytes else b"".join(parts)
 
 
 TRUNCATION_ERRORS: tuple = (EOFError, zlib.error)
@@ -343,7 +419,11 @@ def _lines(stream) -> Iterator[bytes]:
 def read_unit(u: Unit) -> Iterator[tuple[int, str] | Reject]:
     """Records of one unit as (record number, text), and Rejects for the ones that cannot be used."""
     fields = text_fields(u.text)
-    if u.format == "jsonl":
+    why = None if u.format in ("hf", "hub") else _not_a_file(u.path)
+    if why:
+        if u.part == 0:
+            yield _reject(u, 0, "unreadable", why)
+    elif u.format == "jsonl":
         yield from _read_jsonl(u, fields)
     elif u.format == "parquet":
         yield from _read_parquet(u, fields)
@@ -364,13 +444,16 @@ def _read_jsonl(u: Unit, fields) -> Iterator[tuple[int, str] | Reject]:
     n = -1
     try:
         with _open(u.path) as raw:
-            stream = _decompressed(raw, u.compression)
+            stream = _Decompressed(raw, u.compression, u.max_doc_bytes)
             for n, line in enumerate(stream):
                 if n % u.parts != u.part:
                     continue
-                if not line.strip():
+                if isinstance(line, int):  # longer than max_doc_bytes: the stream kept its length alone
+                    made = _too_large(line, u)
+                elif not line.strip():
                     continue  # blank lines are not records
-                made = _parse(line)
+                else:
+                    made = _parse(line)
                 if not isinstance(made, tuple):
                     made = make_text(u.text, fields, made)
                 if isinstance(made, tuple):
@@ -390,8 +473,9 @@ def _parse(line: bytes):
     """The record of a JSONL line, or (reason, detail) when it has none.
 
     orjson first (a third of json's CPU; it also checks the UTF-8). Where it refuses, the
-    standard decoders say precisely why, and take what orjson alone refuses: integers past 64
-    bits, escaped lone surrogates (a str no UTF-8 tokenizer takes: refused below)."""
+    standard decoders say precisely why, and take what orjson alone refuses: NaN and Infinity,
+    escaped lone surrogates (a str no UTF-8 tokenizer takes: refused below). orjson reads an
+    integer past 64 bits as a float (3.10 and 3.13 alike): make_text refuses it in a template."""
     try:
         return orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -440,18 +524,56 @@ def _read_row_group(u: Unit, fields, pf, g: int, cols, start: int, rows: int) ->
     import pyarrow as pa
 
     try:
-        recs = _records(pf.read_row_group(g, columns=cols))
+        items = list(_table_items(u, fields, pf.read_row_group(g, columns=cols), range(start, start + rows)))
     except (pa.ArrowInvalid, OSError) as exc:  # all that 900 random damages to pages raised (+ UTF-8: _records)
         detail = (f"row group {g} of {pf.metadata.num_row_groups} (records {start}-{start + rows - 1}) "
                   f"cannot be read ({exc})")
         yield from (_reject(u, start + i, "unreadable", detail) for i in range(rows))
         return
-    for i, rec in enumerate(recs):
-        made = rec if isinstance(rec, tuple) else make_text(u.text, fields, rec)
+    yield from items
+
+
+def _table_items(u: Unit, fields, table, records: range) -> Iterator[tuple[int, str] | Reject]:
+    """(record, text) or a Reject for each row of an Arrow table (a Parquet row group, a batch of an
+    HF dataset), its rows numbered by `records`. A row whose string and binary values hold more
+    than max_doc_bytes is a too_large reject, found in Arrow before any of it becomes a Python str."""
+    import pyarrow.compute as pc
+
+    big: dict[int, int] = {}
+    sizes = _value_bytes(table) if u.max_doc_bytes else None
+    if sizes is not None:
+        over = pc.greater(sizes, u.max_doc_bytes)
+        if pc.any(over).as_py():
+            big = {i: n for i, (n, o) in enumerate(zip(sizes.to_pylist(), over.to_pylist())) if o}
+            table = table.filter(pc.invert(over))
+    rows = iter(_records(table))
+    for i, record in enumerate(records):
+        made = _too_large(big[i], u) if i in big else next(rows)
+        if not isinstance(made, tuple):
+            made = make_text(u.text, fields, made)
         if isinstance(made, tuple):
-            yield _reject(u, start + i, made[0], made[1])
+            yield _reject(u, record, made[0], made[1])
         else:
-            yield start + i, made
+            yield record, made
+
+
+def _value_bytes(table):
+    """Bytes of each row's string and binary values (an Arrow int64 array), or None when the table
+    has no such column (numbers are small; a list or struct is a bad_field whatever its size)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    total = None
+    for col in table.columns:
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type) or \
+                pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            n = pc.fill_null(pc.binary_length(col), 0).cast(pa.int64())
+            total = n if total is None else pc.add(total, n)
+    return total
+
+
+def _too_large(size: int, u: Unit) -> tuple[str, str]:
+    return ("too_large", f"{size:,} bytes, over max_doc_bytes {u.max_doc_bytes:,} (--max-doc-bytes)")
 
 
 def _records(table) -> list:
@@ -473,9 +595,15 @@ def _record(table, i: int):
 def _read_text(u: Unit) -> Iterator[tuple[int, str] | Reject]:
     try:
         with _open(u.path) as raw:
-            data = _decompressed(raw, u.compression).read()
+            data = _Decompressed(raw, u.compression, u.max_doc_bytes).read()
     except _truncation_errors() as exc:
         yield _reject(u, 0, "truncated", f"compressed stream ends early ({exc})")
+        return
+    except OSError as exc:
+        yield _reject(u, 0, "unreadable", f"read failed ({exc})")
+        return
+    if isinstance(data, int):  # longer than max_doc_bytes: only its length was kept
+        yield _reject(u, 0, *_too_large(data, u))
         return
     try:
         yield 0, data.decode("utf-8")
@@ -495,16 +623,12 @@ def _read_hf(u: Unit, fields) -> Iterator[tuple[int, str] | Reject]:
         raise InputError(f"{u.path} holds several splits ({', '.join(ds)}); point at one split's directory")
     cols = [c for c in fields if c in ds.column_names]
     idx = range(u.part, len(ds), u.parts)
-    part = ds.select_columns(cols).select(idx)
-    i = 0
-    for batch in part.iter(batch_size=1024):
-        n = len(next(iter(batch.values()))) if batch else 0
-        for k in range(n):
-            rec = {c: batch[c][k] for c in cols}
-            made = make_text(u.text, fields, rec)
-            record = idx[i]
-            i += 1
-            yield (_reject(u, record, made[0], made[1]) if isinstance(made, tuple) else (record, made))
     if not cols:
         for record in idx:
             yield _reject(u, record, "missing_field", f"fields {list(fields)} are not columns of {u.path}")
+        return
+    i = 0
+    # Arrow batches, as a Parquet row group is read: the same size check before any Python str.
+    for batch in ds.select_columns(cols).select(idx).with_format("arrow").iter(batch_size=1024):
+        yield from _table_items(u, fields, batch, idx[i : i + batch.num_rows])
+        i += batch.num_rows
