@@ -434,3 +434,17 @@ def test_a_step_larger_than_a_step_file_may_hold_is_refused_before_any_work(tmp_
                  "--rows-per-step", "300000", "--seq-len", "4096"]) == 2
     assert "1,228,800,000 tokens, above the 1,073,741,824" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_progress_line_of_a_local_prepare_reads_the_workers_progress_folder(tmp_path):
+    # Only a non-quiet local prepare starts it; the tests run quiet, which is how a missing import
+    # here once reached `make demo` unnoticed.
+    import io
+
+    from steppack.pipeline.run import Progress
+
+    (tmp_path / "_work" / "progress").mkdir(parents=True)
+    (tmp_path / "_work" / "progress" / "w1.json").write_text(json.dumps({"documents": 3, "tokens": 1200}))
+    p = Progress(str(tmp_path), started=0.0, stream=io.StringIO())
+    assert p.dir == os.path.join(str(tmp_path), "_work", "progress")
+    assert p.snapshot() == (3, 1200)
