@@ -18,7 +18,7 @@ import time
 
 from steppack.shards import dtype_for_vocab, fs
 from steppack.shards.errors import ConfigError
-from steppack.shards.format import MANIFEST_NAME, REPORT_NAME
+from steppack.shards.format import MANIFEST_NAME, REJECTS_DIR, REMAINDER_FILE, REPORT_NAME
 
 from . import claim, engines
 from .config import JobConfig
@@ -112,7 +112,9 @@ class Progress(threading.Thread):
 
     def __init__(self, out: str, started: float, stream=sys.stderr):
         super().__init__(daemon=True)
-        self.dir = os.path.join(fs.local_path(out), bk.WORK_DIR, "progress")
+        from .buckets import WORK_DIR
+
+        self.dir = os.path.join(fs.local_path(out), WORK_DIR, "progress")
         self.started, self.stream = started, stream
         self.stop = threading.Event()
         self.tty = stream.isatty()

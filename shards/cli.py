@@ -2,9 +2,12 @@
 
     ls       the manifest's steps, one line each (no step file opened)
     stats    every step read once: totals, distributions, the length trend over the steps, a mixture's
-             targets against its rows (shards/stats.py)
+             targets against its rows (shards/stats.py); --plot FILE.png draws them (shards/plot.py)
     show     --step S --row R: one row decoded to text; --step S alone: the step's composition (shards/show.py)
     verify   every check of shards/verify.py, one line per problem, exit 1 if any
+
+stats and verify draw a progress bar over the step files on stderr when stderr is a terminal
+(shards/progress.py); piped or captured, their output is the plain report alone.
 """
 
 from __future__ import annotations
@@ -33,9 +36,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    "10%% of the steps, correlation with the step index: near 0 means no length "
                                    "curriculum); for a mixture, per source the target share of rows per stage against "
                                    "the actual share, the largest deviation of one step and of a running total, and "
-                                   "the passes over its data.")
+                                   "the passes over its data. --plot FILE.png draws them too. A progress bar over "
+                                   "the step files goes to stderr when stderr is a terminal.")
     _common(p)
     p.add_argument("--no-remainder", action="store_true", help="Leave the remainder rows (past the last full step) out.")
+    p.add_argument("--plot", metavar="FILE.png", default=None,
+                   help="Also draw the stats into this image (needs the plot extra: pip install 'steppack[plot]'): "
+                        "document-length histogram, pieces per row, padding per step, each step's mean document "
+                        "length, and the sources' shares of each step (a mixture's against its targets).")
     p.set_defaults(_view=cmd_stats)
 
     p = sub.add_parser("show", help="One row decoded back to text (--row), or what a step is made of.",
@@ -57,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                    "sizes and sha256 checksums, rows per step, seq_len, dtype, token ids below the "
                                    "vocabulary, doc_lens that add up, the format version, no document id shared by two "
                                    "documents; for a mixture, one source per row and every step's rows per source on "
-                                   "the stage's quota. Exit 1 if anything is wrong.")
+                                   "the stage's quota. Exit 1 if anything is wrong. A progress bar over the step "
+                                   "files goes to stderr when stderr is a terminal.")
     _common(p)
     p.add_argument("--world-size", type=int, default=None,
                    help="Also check that every step splits across this many ranks.")
@@ -106,10 +115,20 @@ def cmd_ls(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from .stats import compute
+    from .progress import step_bar
+    from .stats import compute_with_arrays
 
+    if args.plot:
+        from .plot import check_output
+
+        check_output(args.plot)  # matplotlib present, a file type it writes: known before the long read
     m = read_manifest(args.out)
-    s = compute(args.out, m, include_remainder=not args.no_remainder)
+    s, arrays = compute_with_arrays(args.out, m, include_remainder=not args.no_remainder, progress=step_bar)
+    if args.plot:
+        from .plot import save, stats_figure
+
+        save(stats_figure(s, arrays, title=f"{args.out}: {s['steps']:,} steps × {s['rows_per_step']:,} rows × "
+                                           f"{s['seq_len']:,} tokens"), args.plot)
     if args.json:
         _print_json(s)
         return 0
@@ -138,6 +157,8 @@ def cmd_stats(args) -> int:
           f"steps {_f(t['first_10pct'])}, last 10% {_f(t['last_10pct'])}); correlation with the step index {corr}")
     if s["mixture"] is not None:
         print(_mixture_lines(s["mixture"]))
+    if args.plot:
+        print(f"  figure         {args.plot}")
     return 0
 
 
@@ -191,7 +212,9 @@ def cmd_show(args) -> int:
 def cmd_verify(args) -> int:
     from .verify import describe_ok, verify
 
-    problems = verify(args.out, world_size=args.world_size, micro_batch=args.micro_batch)
+    from .progress import step_bar
+
+    problems = verify(args.out, world_size=args.world_size, micro_batch=args.micro_batch, progress=step_bar)
     if args.json:
         _print_json({"ok": not problems, "problems": problems})
     elif problems:

@@ -16,33 +16,70 @@ deviation in rows of a stage's running total from its target (the quota rule kee
 and the passes over the source's data the manifest records.
 
 Memory is 14 bytes per piece while reading, plus 16 per piece for a moment for the trend (a
-4B-token output of ~2M documents needs ~30-60 MB), and 8 bytes per step and source.
+4B-token output of ~2M documents needs ~30-60 MB), and 16 bytes per step and source.
+
+`compute_with_arrays` also returns the arrays behind the summary (each document's length, each
+row's pieces, each step's tokens and rows per source, each step's padding) for the figures of
+shards/plot.py; `compute` returns the summary alone (what `stats --json` prints).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from . import fs
 from .manifest import Manifest
+from .progress import no_progress
 from .reader import open_step
 from .verify import prefix_deviation
 
 PERCENTILES = (0, 10, 50, 90, 99, 100)
 
 
-def compute(out: str, manifest: Manifest, *, include_remainder: bool = True) -> dict:
+@dataclass(frozen=True)
+class StatsArrays:
+    """The arrays behind a summary, for figures (not in the JSON: the first is one entry per document)."""
+
+    document_tokens: np.ndarray
+    """Full length of each distinct document read (all its pieces added up)."""
+    pieces_per_row: np.ndarray
+    """Document pieces in each row read."""
+    step_padding: np.ndarray
+    """(steps,) padding tokens of each step (the remainder left out)."""
+    step_source_tokens: np.ndarray
+    """(steps, sources) document tokens of each source in each step."""
+    step_source_rows: np.ndarray | None
+    """(steps, sources) rows of each source in each step, for a mixture (a row counts under its first
+    piece's source; in a mixture every row holds one source); None otherwise."""
+
+
+def compute(out: str, manifest: Manifest, *, include_remainder: bool = True, progress=no_progress) -> dict:
+    """The summary of every step file (and the remainder unless left out), read once."""
+    return compute_with_arrays(out, manifest, include_remainder=include_remainder, progress=progress)[0]
+
+
+def compute_with_arrays(out: str, manifest: Manifest, *, include_remainder: bool = True,
+                        progress=no_progress) -> tuple[dict, StatsArrays]:
+    """The summary and the arrays behind it. `progress(items, total=, desc=)` wraps the loop over the
+    files (shards/progress.py `step_bar` draws a bar)."""
     files = list(manifest.steps) + ([manifest.remainder] if include_remainder and manifest.remainder else [])
     doc_ids, doc_lens, sources, pieces_per_row = [], [], [], []
     n_src = len(manifest.sources)
     rows_by_source = np.zeros((manifest.num_steps, n_src), np.int64)  # each step's rows per source (mixtures)
+    step_tokens = np.zeros((manifest.num_steps, n_src), np.int64)  # each step's document tokens per source
+    step_padding = np.zeros(manifest.num_steps, np.int64)
     tok_min, tok_max = None, None
-    for k, info in enumerate(files):
+    for k, info in enumerate(progress(files, total=len(files), desc="stats")):
         with open_step(fs.join(out, info.file)) as f:
             rows = f.read()
-            if manifest.mixture is not None and k < manifest.num_steps:
-                firsts = rows.source[rows.piece_offsets[:-1][np.diff(rows.piece_offsets) > 0]]
-                rows_by_source[k] = np.bincount(firsts, minlength=n_src)[:n_src]
+            if k < manifest.num_steps:
+                step_tokens[k] = np.bincount(rows.source, weights=rows.doc_lens, minlength=n_src)[:n_src]
+                step_padding[k] = rows.num_rows * rows.seq_len - int(rows.doc_lens.sum(dtype=np.int64))
+                if manifest.mixture is not None:
+                    firsts = rows.source[rows.piece_offsets[:-1][np.diff(rows.piece_offsets) > 0]]
+                    rows_by_source[k] = np.bincount(firsts, minlength=n_src)[:n_src]
             doc_ids.append(rows.doc_ids.copy())
             doc_lens.append(rows.doc_lens.astype(np.int64))
             sources.append(rows.source.copy())
@@ -68,7 +105,10 @@ def compute(out: str, manifest: Manifest, *, include_remainder: bool = True) -> 
     tokens = int(lens.sum())
     padding = rows_total * manifest.seq_len - tokens
     src_tokens = np.bincount(src, weights=lens, minlength=len(manifest.sources)).astype(np.int64)
-    return {
+    arrays = StatsArrays(document_tokens=per_doc, pieces_per_row=ppr, step_padding=step_padding,
+                         step_source_tokens=step_tokens,
+                         step_source_rows=rows_by_source if manifest.mixture is not None else None)
+    summary = {
         "steps": manifest.num_steps,
         "rows_per_step": manifest.rows_per_step,
         "seq_len": manifest.seq_len,
@@ -93,6 +133,7 @@ def compute(out: str, manifest: Manifest, *, include_remainder: bool = True) -> 
         "length_trend": trend,
         "mixture": None if manifest.mixture is None else mixture_stats(manifest, rows_by_source),
     }
+    return summary, arrays
 
 
 def length_trend(doc_len: np.ndarray, piece_doc: np.ndarray, pieces_per_step: np.ndarray) -> dict:

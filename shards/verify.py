@@ -41,6 +41,7 @@ from . import fs
 from .errors import ConfigError, FormatError
 from .format import MANIFEST_NAME, REMAINDER_FILE, STEPS_DIR, step_file_name
 from .manifest import FileInfo, Manifest, read_manifest
+from .progress import no_progress
 from .reader import open_step
 from .rows import RowBlock
 from .slicing import rank_micro_batches
@@ -54,8 +55,9 @@ MAX_LISTED_IDS = 10
 QUOTA_SLACK = 1e-9
 
 
-def verify(out: str, *, world_size: int | None = None, micro_batch: int = 1) -> list[str]:
-    """All problems found in output directory `out`; an empty list means it is sound."""
+def verify(out: str, *, world_size: int | None = None, micro_batch: int = 1, progress=no_progress) -> list[str]:
+    """All problems found in output directory `out`; an empty list means it is sound. `progress(items,
+    total=, desc=)` wraps the loop over the step files (shards/progress.py `step_bar` draws a bar)."""
     try:
         manifest = read_manifest(out)
     except FormatError as exc:
@@ -64,7 +66,7 @@ def verify(out: str, *, world_size: int | None = None, micro_batch: int = 1) -> 
     if manifest.mixture is not None:
         problems += check_mixture(out, manifest)
     pieces = PieceIndex(manifest)
-    for i, info in enumerate(manifest.steps):
+    for i, info in enumerate(progress(manifest.steps, total=manifest.num_steps, desc="verify")):
         if info.file != step_file_name(i):
             problems.append(f"manifest lists {info.file} as step {i}, expected {step_file_name(i)}; {RERUN}")
             continue

@@ -17,6 +17,7 @@ COMMANDS = {
     "prepare": ("steppack.pipeline.cli", "Run the Beam job: corpus files -> tokenized, shuffled, packed step shards."),
     "shards": ("steppack.shards.cli", "Inspect and verify a prepared output: ls, stats, show, verify."),
     "train": ("steppack.trainer.cli", "Train a DeepSeek-style decoder, reading step s from shard s (torchrun for several ranks)."),
+    "plot": ("steppack.trainer.plot", "Draw a training run's metrics JSONL: loss, learning rate, grad norm, tokens/s, data wait."),
 }
 
 
@@ -39,7 +40,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 # An optional dependency a subcommand imports when it runs: the extra that installs it.
-EXTRAS = {"torch": "train"}
+EXTRAS = {"torch": "train", "matplotlib": "plot"}
 
 
 class _Version(argparse.Action):
@@ -72,10 +73,11 @@ def _main(argv: list[str] | None) -> tuple[int, argparse.Namespace | None]:
         print(f"steppack {args.command}: error: {exc}", file=sys.stderr)
         return 2, args
     except ModuleNotFoundError as exc:
-        if exc.name not in EXTRAS:
+        package = (exc.name or "").partition(".")[0]  # "matplotlib.figure" -> "matplotlib"
+        if package not in EXTRAS:
             raise
-        print(f"steppack {args.command}: error: this needs {exc.name}, which is not installed: "
-              f"pip install 'steppack[{EXTRAS[exc.name]}]'", file=sys.stderr)
+        print(f"steppack {args.command}: error: this needs {package}, which is not installed: "
+              f"pip install 'steppack[{EXTRAS[package]}]'", file=sys.stderr)
         return 2, args
     except KeyboardInterrupt:
         print(f"steppack {args.command}: interrupted", file=sys.stderr)

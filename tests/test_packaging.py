@@ -76,6 +76,8 @@ def test_the_sdist_that_dataflow_stages_installs_no_torch_and_maps_the_parts_int
     assert any(r.startswith("apache-beam") for r in base) and any(r.startswith("pyarrow") for r in base)
     assert not [r for r in base if r.startswith("torch")], base
     assert any(r.startswith("torch") and 'extra == "train"' in r for r in requires), requires
+    assert not [r for r in base if r.startswith("matplotlib")], base  # figures: the plot extra
+    assert any(r.startswith("matplotlib") and 'extra == "plot"' in r for r in requires), requires
     assert "Requires-Python: >=3.11" in metadata
 
     (src,) = list((tmp_path / "src").iterdir())
@@ -87,5 +89,5 @@ def test_the_sdist_that_dataflow_stages_installs_no_torch_and_maps_the_parts_int
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"steppack"}, tops
     for module in ("steppack/cli.py", "steppack/shards/format.py", "steppack/pipeline/worker.py",
-                   "steppack/trainer/train.py"):
+                   "steppack/trainer/train.py", "steppack/shards/plot.py", "steppack/trainer/plot.py"):
         assert module in names, module

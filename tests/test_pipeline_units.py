@@ -443,3 +443,17 @@ def test_a_template_may_only_name_fields_no_attribute_index_or_format_code(tmp_p
     assert main(["prepare", "--input", str(tmp_path / "x.jsonl"), "--text-field", template, "--output",
                  str(tmp_path / "o")]) == 2
     assert "must name its fields" in capsys.readouterr().err
+
+
+def test_the_progress_line_of_a_local_prepare_reads_the_workers_progress_folder(tmp_path):
+    # Only a non-quiet local prepare starts it; the tests run quiet, which is how a missing import
+    # here once reached `make demo` unnoticed.
+    import io
+
+    from steppack.pipeline.run import Progress
+
+    (tmp_path / "_work" / "progress").mkdir(parents=True)
+    (tmp_path / "_work" / "progress" / "w1.json").write_text(json.dumps({"documents": 3, "tokens": 1200}))
+    p = Progress(str(tmp_path), started=0.0, stream=io.StringIO())
+    assert p.dir == os.path.join(str(tmp_path), "_work", "progress")
+    assert p.snapshot() == (3, 1200)

@@ -85,6 +85,16 @@ def test_a_run_marks_its_output_and_releases_its_claim(tmp_path):
     assert len(report["run_id"]) == 32
 
 
+def test_a_prepare_without_quiet_prints_its_summary(tmp_path, capsys):
+    # The tests run prepare --quiet; the summary a user sees is printed only without it.
+    from steppack.cli import main
+
+    out = tmp_path / "out"
+    assert main(["prepare", *argv(out)]) == 0
+    text = capsys.readouterr().out
+    assert f"prepared {out}" in text and "set aside in remainder/remainder.arrow" in text and "(in rejects/)" in text
+
+
 def test_a_failed_run_leaves_an_output_the_next_run_replaces(tmp_path):
     out = tmp_path / "out"
     assert prepare(*argv(out)) == 0
