@@ -110,7 +110,7 @@ def tokenizer_threads(cfg: JobConfig) -> None:
 class Progress(threading.Thread):
     """Prints `prepare: 1.2M tokens, 3,400 docs, 0.8M tok/s, 12s` while the local job runs."""
 
-    def __init__(self, out: str, started: float, stream=sys.stderr):
+    def __init__(self, out: str, started: float, stream=sys.stderr, every: float | None = None):
         super().__init__(daemon=True)
         from .buckets import WORK_DIR
 
@@ -118,6 +118,7 @@ class Progress(threading.Thread):
         self.started, self.stream = started, stream
         self.stop = threading.Event()
         self.tty = stream.isatty()
+        self.every = every or (0.5 if self.tty else 10.0)
 
     def snapshot(self) -> tuple[int, int]:
         docs = tokens = 0
@@ -137,9 +138,11 @@ class Progress(threading.Thread):
         return docs, tokens
 
     def run(self):
-        every = 0.5 if self.tty else 10.0
-        while not self.stop.wait(every):
-            docs, tokens = self.snapshot()
+        docs = tokens = 0
+        while not self.stop.wait(self.every):
+            # Never backwards: the job deletes the workers' progress files with _work/ as it ends.
+            now_docs, now_tokens = self.snapshot()
+            docs, tokens = max(docs, now_docs), max(tokens, now_tokens)
             t = time.time() - self.started
             line = (f"prepare: {tokens / 1e6:.2f}M tokens, {docs:,} documents tokenized, "
                     f"{tokens / max(t, 1e-9) / 1e6:.2f}M tok/s, {t:.0f}s")

@@ -457,3 +457,27 @@ def test_the_progress_line_of_a_local_prepare_reads_the_workers_progress_folder(
     p = Progress(str(tmp_path), started=0.0, stream=io.StringIO())
     assert p.dir == os.path.join(str(tmp_path), "_work", "progress")
     assert p.snapshot() == (3, 1200)
+
+
+def test_the_progress_line_never_goes_back_when_the_job_removes_its_work_folder(tmp_path):
+    import io
+    import shutil
+    import time
+
+    from steppack.pipeline.run import Progress
+
+    (tmp_path / "_work" / "progress").mkdir(parents=True)
+    (tmp_path / "_work" / "progress" / "w1.json").write_text(json.dumps({"documents": 3, "tokens": 3_000_000}))
+    out = io.StringIO()
+    p = Progress(str(tmp_path), started=time.time(), stream=out, every=0.01)
+    p.start()
+    while out.getvalue().count("\n") < 2:
+        time.sleep(0.01)
+    shutil.rmtree(tmp_path / "_work")  # as the job's last step does, before the launcher stops the line
+    n = out.getvalue().count("\n")
+    while out.getvalue().count("\n") < n + 2:
+        time.sleep(0.01)
+    p.finish()
+    p.join()
+    lines = out.getvalue().splitlines()
+    assert all("3.00M tokens, 3 documents tokenized" in line for line in lines), lines
