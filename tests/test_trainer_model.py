@@ -118,3 +118,34 @@ def test_causal_attention_sees_across_documents():
         whole = model(tokens)[0, 8:]
         second = model(tokens[:, 8:])[0]
     assert not torch.allclose(whole, second, atol=1e-3)
+
+
+@pytest.mark.parametrize("chunk_bytes", [4 * 97 * 5, 4 * 97 * 64, 256 << 20])  # 5 positions, 64, all at once
+def test_the_chunked_loss_equals_the_full_logits_loss_and_its_gradients(monkeypatch, chunk_bytes):
+    from steppack.trainer import loss as chunked
+    from steppack.trainer.model import next_token_losses
+
+    monkeypatch.setattr(chunked, "CHUNK_BYTES", chunk_bytes)
+    torch.manual_seed(0)
+    cfg = preset("tiny", vocab_size=97, context=32, layers=2)
+    tokens = torch.randint(0, 97, (3, 32))
+    labels = torch.randint(0, 97, (3, 32))
+    labels[0, :7] = IGNORE
+    labels[2, -5:] = IGNORE
+
+    def run(use_chunks):
+        torch.manual_seed(1)
+        model = Decoder(cfg)
+        if use_chunks:
+            total, per = model(tokens, labels=labels)
+        else:
+            total, per = next_token_losses(model(tokens), labels)
+        (total * 0.37).backward()
+        return total.detach(), per, {n: p.grad for n, p in model.named_parameters()}
+
+    (want, want_per, want_grads), (got, got_per, got_grads) = run(False), run(True)
+    assert torch.allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(got_per, want_per, rtol=1e-5, atol=1e-5) and not got_per.requires_grad
+    assert (got_per[labels.view(-1) == IGNORE] == 0).all()
+    for name, g in want_grads.items():
+        assert torch.allclose(got_grads[name], g, rtol=1e-4, atol=1e-6), name

@@ -29,7 +29,7 @@ from torch import nn
 
 from steppack.shards.errors import ConfigError
 
-IGNORE = -100  # label of positions that carry no next-token loss (padding, row and document ends)
+from .loss import IGNORE, head_losses  # IGNORE: the label of positions with no next-token loss
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -166,8 +166,10 @@ class Decoder(nn.Module):
                 nn.init.normal_(p, 0.0, out_std if name.endswith(("o.weight", "down.weight")) else std)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """tokens (B, T) int64 -> logits (B, T, vocab). `positions`/`doc_ids` (B, T) for doc attention."""
+                doc_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+        """tokens (B, T) int64 -> logits (B, T, vocab). `positions`/`doc_ids` (B, T) for doc attention.
+        With `labels` (B, T): (loss sum, per-position losses) as `next_token_losses` gives them,
+        computed chunk by chunk without the full logits (trainer/loss.py)."""
         b, t = tokens.shape
         if t > self.cfg.context:
             raise ConfigError(f"rows of {t} tokens are longer than the model context {self.cfg.context}")
@@ -183,7 +185,10 @@ class Decoder(nn.Module):
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x, cos, sin, mask)
-        return self.lm_head(self.norm(x))
+        x = self.norm(x)
+        if labels is not None:
+            return head_losses(x.reshape(b * t, -1), self.lm_head.weight, labels.reshape(-1))
+        return self.lm_head(x)
 
 
 def next_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from steppack.shards.manifest import read_manifest
 from . import checkpoint, dist
 from .config import TrainConfig
 from .data import StepStream, check_model_fits_data, manifest_identity, total_steps
-from .model import IGNORE, Decoder, next_token_losses, preset
+from .model import IGNORE, Decoder, preset
 from .optim import Schedule, make_optimizer, set_lr
 from .preempt import StopRequest
 from .source_loss import label_sources, source_counts, source_fields, source_sums
@@ -146,7 +146,7 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say, stop_reque
             for j, (tok, lab, pos, ids) in enumerate(targets):
                 sync = ddp is None or j == n_micro - 1
                 with (contextlib.nullcontext() if sync else ddp.no_sync()), _autocast(cfg, d.device):
-                    loss, per_position = next_token_losses(step_model(tok, pos, ids), lab)
+                    loss, per_position = step_model(tok, pos, ids, labels=lab)
                 (loss * (d.world_size / n_labels)).backward()
                 loss_sum[0] += loss.detach().double()
                 if n_src:
