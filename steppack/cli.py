@@ -17,6 +17,7 @@ COMMANDS = {
     "prepare": ("steppack.pipeline.cli", "Run the Beam job: corpus files -> tokenized, shuffled, packed step shards."),
     "shards": ("steppack.shards.cli", "Inspect and verify a prepared output: ls, stats, show, verify."),
     "train": ("steppack.trainer.cli", "Train a DeepSeek-style decoder, reading step s from shard s (torchrun for several ranks)."),
+    "export": ("steppack.trainer.hf", "Write a training checkpoint as a Hugging Face Llama model directory."),
     "plot": ("steppack.trainer.plot", "Draw a training run's metrics JSONL: loss, learning rate, grad norm, tokens/s, data wait."),
 }
 

@@ -44,6 +44,8 @@ class TrainConfig:
     weight_decay: float = _f(0.1, "AdamW weight decay, applied to matrices and embeddings, not to norms or biases.")
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this value (0 disables).")
     seed: int = _f(0, "Seed of the model initialisation and of every RNG saved in checkpoints.")
+    init_from: str | None = _f(None, "Start from a Hugging Face Llama model directory (config.json + safetensors, "
+                                      "e.g. DeepSeek-Coder-v1.5) instead of random weights; --resume's checkpoint wins.")
     ckpt_dir: str | None = _f(None, "Directory for checkpoints (ckpt-00000123.pt, written atomically).")
     ckpt_every: int = _f(0, "Write a checkpoint every K steps (0: only at the end and at --exit-after).")
     keep_checkpoints: int = _f(2, "Keep the newest K checkpoints, delete older ones (0 keeps all).")

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from steppack.shards.errors import ConfigError, InternalError
 from steppack.shards.manifest import read_manifest
 
-from . import checkpoint, dist
+from . import checkpoint, dist, hf
 from .config import TrainConfig
 from .data import StepStream, check_model_fits_data, manifest_identity, total_steps
 from .model import IGNORE, Decoder, preset
@@ -105,6 +105,9 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say, stop_reque
         checkpoint.set_rng_state(ckpt["rng"])
         say(f"resumed from {path}: step {start} of {total} (written by world size {ckpt['world_size']}, "
             f"now {d.world_size})")
+    elif cfg.init_from:
+        hf.init_from(model, cfg.init_from, mcfg)
+        say(f"initialised from {cfg.init_from}")
     ddp = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.initialized else None
     step_model = ddp or model
     doc = cfg.attention == "doc"
