@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from steppack.recipes import RECIPES
 from steppack.shards.errors import ConfigError
 
 from .config import JobConfig, Packing, SourceConfig, Specials, build, field_help, load_toml
@@ -31,6 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--format", choices=["jsonl", "parquet", "text", "hf"], help=field_help(SourceConfig, "format"))
     g = parser.add_argument_group("output")
     g.add_argument("--output", metavar="OUT", help=h("output"))
+    g.add_argument("--recipe", choices=list(RECIPES), help=h("recipe"))
     g.add_argument("--seq-len", type=int, help=h("seq_len") + " (default 4096)")
     g.add_argument("--rows-per-step", type=int, help=h("rows_per_step") + " (default 1024)")
     g.add_argument("--global-batch-tokens", type=int, metavar="N",
@@ -69,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 FLAG_KEYS = ("input", "text_field", "format", "output", "seq_len", "rows_per_step", "global_batch_tokens",
              "compression", "overwrite", "tokenizer", "specials", "bos_token", "eos_token", "min_chars",
              "max_chars", "max_doc_bytes", "piece_chars", "seed", "packing", "bucket_mb", "unit_mb", "workers", "steps",
-             "tokenizer_engine", "verify_tokenizer")
+             "tokenizer_engine", "verify_tokenizer", "recipe")
 
 
 def config_from_args(args) -> JobConfig:

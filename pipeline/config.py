@@ -190,6 +190,9 @@ class JobConfig:
     the first source runs out."""
     stages: tuple[StageConfig, ...] = ()
     """Mixture stages one after another ([[stage]] tables in the config file)."""
+    recipe: str | None = None
+    """DeepSeekMath's settings by name (deepseekmath-1.3b: 4096 x 1024 rows; deepseekmath-7b: 4096 x
+    2560 rows, 10.49M tokens); the file's and the flags' values win (steppack/recipes.py)."""
 
     def __post_init__(self):
         if not self.sources:
@@ -369,6 +372,15 @@ def build(file: dict | None, file_dir: str, flags: dict[str, Any], cwd: str | No
             raise ConfigError(f"[[stage]] {k} must be a table with steps = N and weights = {{ source = w, ... }}")
         stages.append(StageConfig(steps=st.get("steps"), weights=tuple(st["weights"].items())))
     values: dict[str, Any] = dict(file)
+    name = flags.get("recipe") or values.get("recipe")
+    if name:
+        from steppack.recipes import recipe
+
+        if "global_batch_tokens" not in values and flags.get("global_batch_tokens") is None:
+            values = {**recipe(name, "prepare"), **values}
+        else:  # a token budget of the file's or the flags' sets the rows
+            values = {**{k: v for k, v in recipe(name, "prepare").items() if k != "rows_per_step"}, **values}
+        values["recipe"] = name
     if "output" in values:
         values["output"] = absolute(values["output"], file_dir)
     if "tokenizer" in values and os.path.exists(os.path.join(file_dir, values["tokenizer"])):

@@ -481,3 +481,15 @@ def test_the_progress_line_never_goes_back_when_the_job_removes_its_work_folder(
     p.join()
     lines = out.getvalue().splitlines()
     assert all("3.00M tokens, 3 documents tokenized" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("extra,rows", [([], 2560), (["--rows-per-step", "1024"], 1024),
+                                        (["--global-batch-tokens", "4194304"], 1024)])
+def test_a_prepare_recipe_fills_in_what_the_file_and_flags_leave_out(tmp_path, extra, rows):
+    from steppack.pipeline.transforms import manifest_config
+
+    from .test_prepare_support import parse
+
+    cfg = parse("--input", "x.jsonl", "--output", str(tmp_path), "--recipe", "deepseekmath-7b", *extra)
+    assert (cfg.seq_len, cfg.rows_per_step) == (4096, rows)
+    assert manifest_config(cfg)["recipe"] == "deepseekmath-7b"  # the manifest records it

@@ -49,3 +49,23 @@ def test_adamw_decays_matrices_and_embeddings_but_not_norms():
     assert any(names[id(p)] == "embed.weight" for p in decay["params"])
     assert decay["betas"] == BETAS == (0.9, 0.95)
     assert isinstance(opt, torch.optim.AdamW)
+
+
+@pytest.mark.parametrize("argv,want", [
+    ([], {"recipe": None, "model": "tiny", "max_lr": 5.3e-4, "warmup_steps": 2000}),
+    (["--recipe", "deepseekmath-1.3b"], {"model": "deepseek-1.3b", "max_lr": 5.3e-4, "warmup_steps": 2000,
+                                         "grad_clip": 1.0, "weight_decay": 0.1}),
+    (["--recipe", "deepseekmath-7b"], {"model": "deepseek-7b", "max_lr": 4.2e-4, "warmup_steps": 2000}),
+    (["--recipe", "deepseekmath-7b", "--max-lr", "1e-4", "--model", "tiny", "--warmup-steps", "0"],
+     {"recipe": "deepseekmath-7b", "model": "tiny", "max_lr": 1e-4, "warmup_steps": 0, "grad_clip": 1.0}),
+])
+def test_a_train_recipe_fills_in_what_the_flags_leave_out(argv, want):
+    import argparse
+
+    from steppack.trainer.config import TrainConfig, add_arguments
+
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    cfg = TrainConfig.from_args(p.parse_args(["--data", "OUT", *argv]))
+    assert {k: getattr(cfg, k) for k in want} == want
+    assert cfg.to_dict()["recipe"] == want.get("recipe", argv[1] if argv else None)  # checkpoints record it

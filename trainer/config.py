@@ -7,6 +7,7 @@ context, divisibility of rows) are checked against the manifest in `steppack.tra
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
@@ -23,6 +24,10 @@ def _f(default, help: str, **kw):
 class TrainConfig:
     data: str = _f(None, "Prepared output directory or URI (gs://, s3://) holding manifest.json and steps/.",
                    required=True)
+    recipe: str | None = _f(None, "DeepSeekMath's settings by name: deepseekmath-1.3b (deepseek-1.3b, peak LR "
+                                  "5.3e-4) or deepseekmath-7b (deepseek-7b, 4.2e-4); both warm up 2000 steps, clip "
+                                  "1.0, weight decay 0.1. Flags given win over it.",
+                            choices=("deepseekmath-1.3b", "deepseekmath-7b"))
     model: str = _f("tiny", "Model preset: tiny (CPU tests), deepseek-1.3b, deepseek-7b.",
                     choices=("tiny", "deepseek-1.3b", "deepseek-7b"))
     vocab_size: int | None = _f(None, "Override the preset's vocabulary (102400, DeepSeek's 100,015 ids padded). "
@@ -81,7 +86,13 @@ class TrainConfig:
 
     @classmethod
     def from_args(cls, args) -> "TrainConfig":
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+        """The flags given (add_arguments leaves absent ones out of `args`) over the recipe's values."""
+        given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+        if given.get("recipe"):
+            from steppack.recipes import recipe
+
+            given = {**recipe(given["recipe"], "train"), **given}
+        return cls(**given)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -93,9 +104,10 @@ def add_arguments(parser) -> None:
         meta = dict(f.metadata)
         help_text = meta.pop("help")
         flag = "--" + f.name.replace("_", "-")
+        # An absent flag stays out of the parsed args (SUPPRESS), so a recipe can tell it from a default.
         if meta.get("action") == "store_true":
-            parser.add_argument(flag, help=help_text, **meta)
+            parser.add_argument(flag, help=help_text, default=argparse.SUPPRESS, **meta)
             continue
         typ = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]  # "int | None" -> int
         shown = "" if f.default is None or meta.get("required") else f" (default: {f.default})"
-        parser.add_argument(flag, type=typ, default=f.default, help=help_text + shown, **meta)
+        parser.add_argument(flag, type=typ, default=argparse.SUPPRESS, help=help_text + shown, **meta)
