@@ -33,7 +33,7 @@ import orjson
 
 from steppack.shards.errors import ConfigError, InputError
 
-from .config import JobConfig, SourceConfig, text_fields
+from .config import JobConfig, text_fields
 
 TEXT_EXTS = (".txt", ".tex", ".md", ".text", ".rst")
 JSONL_EXTS = (".jsonl", ".json", ".ndjson")
@@ -409,11 +409,6 @@ def _truncation_errors() -> tuple:
         return TRUNCATION_ERRORS + (zstandard.ZstdError,)
     except ImportError:
         return TRUNCATION_ERRORS
-
-
-def _lines(stream) -> Iterator[bytes]:
-    for line in stream:
-        yield line
 
 
 def read_unit(u: Unit) -> Iterator[tuple[int, str] | Reject]:
