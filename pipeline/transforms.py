@@ -648,7 +648,8 @@ def remove_work(out: str) -> None:
 
 def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list, plan: dict):
     if not claim.held_by(job.out, job.run_id):
-        return  # another run holds the output now: commit nothing (the launcher says so)
+        # Another run holds the output now: commit nothing (the launcher says so).
+        return
     if plan.get("error"):
         fs.write_bytes(fs.join(job.out, REPORT_NAME), (json.dumps({"error": plan["error"]}) + "\n").encode("utf-8"))
         return
