@@ -93,7 +93,7 @@ def estimate(cfg: JobConfig, units: list[Unit], source_bytes: list[int], tok: Do
     steps = len(plan.steps)
     cpu_s = sum(s.cpu_s for s in samples)
     rate = sum(s.tokens for s in samples) / cpu_s if cpu_s else None
-    out = {
+    return {
         "input_bytes": sum(source_bytes),
         "sources": [{
             "name": s.name, "input_bytes": s.input_bytes, "sampled": round(s.share, 4),
@@ -107,16 +107,11 @@ def estimate(cfg: JobConfig, units: list[Unit], source_bytes: list[int], tok: Do
         "steps": steps, "rows_per_step": cfg.rows_per_step, "seq_len": cfg.seq_len,
         "step_tokens": steps * cfg.rows_per_step * cfg.seq_len,
         "remainder_rows": sum(plan.remainder_rows),
-        "output_bytes": steps * cfg.rows_per_step * cfg.seq_len * _itemsize(tok),
+        "output_bytes": steps * cfg.rows_per_step * cfg.seq_len * tok.dtype.itemsize,
         "tokens_per_cpu_second": round(rate) if rate else None,
         "core_hours": round(sum(tokens) / rate / 3600, 3) if rate else None,
         "engine": engines.record(engine),
     }
-    return out
-
-
-def _itemsize(tok: DocTokenizer) -> int:
-    return tok.dtype.itemsize
 
 
 def _size(n: float) -> str:

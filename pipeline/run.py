@@ -47,11 +47,10 @@ def check_output(cfg: JobConfig, run_id: str) -> None:
                 "or choose another --output"
             )
         claim.mark_and_clear(out)
-    except OSError as exc:
+    except BaseException as exc:
         claim.release(out, run_id)
-        raise ConfigError(f"--output {out} cannot be prepared for writing: {exc}") from exc
-    except BaseException:
-        claim.release(out, run_id)
+        if isinstance(exc, OSError):
+            raise ConfigError(f"--output {out} cannot be prepared for writing: {exc}") from exc
         raise
 
 
@@ -110,14 +109,15 @@ def tokenizer_threads(cfg: JobConfig) -> None:
 class Progress(threading.Thread):
     """Prints `prepare: 1.2M tokens, 3,400 docs, 0.8M tok/s, 12s` while the local job runs."""
 
-    def __init__(self, out: str, started: float, stream=sys.stderr, every: float | None = None):
+    def __init__(self, out: str, started: float, stream=None, every: float | None = None):
         super().__init__(daemon=True)
         from .buckets import WORK_DIR
 
         self.dir = os.path.join(fs.local_path(out), WORK_DIR, "progress")
-        self.started, self.stream = started, stream
+        # sys.stderr as it is when the job starts (a default argument would bind it at import).
+        self.started, self.stream = started, stream or sys.stderr
         self.stop = threading.Event()
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.every = every or (0.5 if self.tty else 10.0)
 
     def snapshot(self) -> tuple[int, int]:

@@ -35,6 +35,7 @@ _LAYER = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm"
           **{f"self_attn.{p}_proj": f"attn.{p}" for p in "qkvo"},
           **{f"mlp.{p}_proj": f"ffn.{p}" for p in ("gate", "up", "down")}}
 _TOP = {"model.embed_tokens": "embed", "model.norm": "norm", "lm_head": "lm_head"}
+_LAYER_HF, _TOP_HF = {v: k for k, v in _LAYER.items()}, {v: k for k, v in _TOP.items()}
 
 
 def to_steppack(name: str) -> str | None:
@@ -49,13 +50,12 @@ def to_steppack(name: str) -> str | None:
 
 
 def to_hf(name: str) -> str:
+    """The inverse of `to_steppack`."""
     base, _, leaf = name.rpartition(".")
-    top = {v: k for k, v in _TOP.items()}
-    if base in top:
-        return f"{top[base]}.{leaf}"
+    if base in _TOP_HF:
+        return f"{_TOP_HF[base]}.{leaf}"
     m = re.fullmatch(r"layers\.(\d+)\.(.+)", base)
-    inner = {v: k for k, v in _LAYER.items()}
-    return f"model.layers.{m.group(1)}.{inner[m.group(2)]}.{leaf}"
+    return f"model.layers.{m.group(1)}.{_LAYER_HF[m.group(2)]}.{leaf}"
 
 
 def hf_config(cfg: ModelConfig) -> dict:
