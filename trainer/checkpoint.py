@@ -128,7 +128,7 @@ def load(path: str) -> dict:
         raise FormatError(f"{path} is not a steppack checkpoint: it holds objects a checkpoint never does "
                           f"({str(exc).splitlines()[0][:160]}), so it is not loaded; remove it from --ckpt-dir "
                           "(a checkpoint of a steppack before 2026-12-01 resumes with that version)") from exc
-    except (OSError, RuntimeError, EOFError, ValueError) as exc:
+    except Exception as exc:  # a malformed pickle can fail in torch's unpickler with any error (IndexError, ...)
         raise FormatError(f"checkpoint {path} cannot be read ({exc}); delete it to resume from the one before") from exc
     if not isinstance(ckpt, dict) or any(k not in ckpt for k in KEYS):
         raise FormatError(f"{path} is not a steppack checkpoint (it lacks {', '.join(k for k in KEYS if not isinstance(ckpt, dict) or k not in ckpt)}); "
