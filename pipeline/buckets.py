@@ -64,6 +64,16 @@ class BucketDocs(NamedTuple):
     tokens: np.ndarray
     """Every document's tokens, end to end in bucket order."""
 
+    def without(self, doc_ids) -> "BucketDocs":
+        """These documents less the given ones (dedup's duplicates), in the same order."""
+        if not len(doc_ids):
+            return self
+        keep = ~np.isin(self.doc_ids, np.fromiter(doc_ids, np.uint64))
+        ends = np.cumsum(self.lens)
+        tokens = np.concatenate([self.tokens[e - n:e] for e, n, k in zip(ends.tolist(), self.lens.tolist(),
+                                                                          keep.tolist()) if k] or [self.tokens[:0]])
+        return BucketDocs(self.keys[keep], self.doc_ids[keep], self.sources[keep], self.lens[keep], tokens)
+
     def docs(self) -> list[Doc]:
         ends = np.cumsum(self.lens)
         return [Doc(self.tokens[e - n:e], int(i), int(s))

@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--piece-chars", type=int, help=h("piece_chars"))
     g.add_argument("--tokenizer-engine", choices=["auto", "fast", "hf"], help=h("tokenizer_engine") + " (default auto)")
     g.add_argument("--verify-tokenizer", metavar="all|none|1/N", help=h("verify_tokenizer") + " (default 1/1000)")
+    g = parser.add_argument_group("decontamination and dedup")
+    g.add_argument("--decontaminate", action="append", metavar="GLOB",
+                   help="benchmark files (repeatable; each a benchmark named by its GLOB): drop every document "
+                        "holding a 10-gram of a benchmark text (DeepSeekMath's rule; docs/prepare.md). "
+                        "Replaces the config's [decontaminate] benchmarks")
+    g.add_argument("--decontaminate-text", metavar="FIELD_OR_TEMPLATE",
+                   help="the benchmark text: a field or a template, as --text-field (default: text)")
+    g.add_argument("--dedup", choices=["exact", "none"], help=h("dedup"))
     g = parser.add_argument_group("shuffle and packing")
     g.add_argument("--seed", type=int, help=h("seed") + " (default 0)")
     g.add_argument("--packing", choices=[p.value for p in Packing],
@@ -71,7 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 FLAG_KEYS = ("input", "text_field", "format", "output", "seq_len", "rows_per_step", "global_batch_tokens",
              "compression", "overwrite", "tokenizer", "specials", "bos_token", "eos_token", "min_chars",
              "max_chars", "max_doc_bytes", "piece_chars", "seed", "packing", "bucket_mb", "unit_mb", "workers", "steps",
-             "tokenizer_engine", "verify_tokenizer", "recipe")
+             "tokenizer_engine", "verify_tokenizer", "recipe", "decontaminate", "decontaminate_text", "dedup")
 
 
 def config_from_args(args) -> JobConfig:

@@ -129,6 +129,38 @@ class StageConfig:
     """(source name, weight) pairs; a source not named gets no rows in this stage."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class DecontamConfig:
+    """DeepSeekMath's decontamination (pipeline/decontaminate.py): a document holding a benchmark's
+    n-gram is dropped before it is tokenized (reason `contaminated`)."""
+
+    benchmarks: tuple[SourceConfig, ...]
+    """The benchmark texts: read as sources are (formats, text templates, local or remote)."""
+    ngram: int = 10
+    """A document is dropped when one of its n-grams of words is one of a benchmark text's."""
+    min_ngram: int = 3
+    """A benchmark text of min_ngram .. ngram-1 words is matched as a whole; a shorter one is ignored."""
+
+    def __post_init__(self):
+        if not self.benchmarks:
+            raise ConfigError("[decontaminate] needs at least one [[decontaminate.benchmark]] (or --decontaminate GLOB)")
+        names = [b.name for b in self.benchmarks]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"benchmark names must be unique, got {names}")
+        for b in self.benchmarks:
+            if b.weight is not None:
+                raise ConfigError(f"benchmark {b.name!r}: a benchmark has no weight")
+        for k in ("ngram", "min_ngram"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ConfigError(f"[decontaminate] {k} must be a positive integer, got {v!r}")
+        if self.min_ngram > self.ngram:
+            raise ConfigError(f"[decontaminate] min_ngram {self.min_ngram} is above ngram {self.ngram}")
+
+
+DEDUP = ("exact",)
+
+
 class Packing(str, enum.Enum):
     """How documents become rows (pipeline/packing.py)."""
 
@@ -190,6 +222,11 @@ class JobConfig:
     the first source runs out."""
     stages: tuple[StageConfig, ...] = ()
     """Mixture stages one after another ([[stage]] tables in the config file)."""
+    decontaminate: DecontamConfig | None = None
+    """Benchmarks to decontaminate against ([decontaminate] table, or --decontaminate GLOB)."""
+    dedup: str | None = None
+    """exact: of documents whose normalised text is the same (NFKC, case folded, whitespace collapsed)
+    one is kept, the first in source order, file key and record; the others are dropped (`duplicate`)."""
     recipe: str | None = None
     """DeepSeekMath's settings by name (deepseekmath-1.3b: 4096 x 1024 rows; deepseekmath-7b: 4096 x
     2560 rows, 10.49M tokens); the file's and the flags' values win (steppack/recipes.py)."""
@@ -225,6 +262,8 @@ class JobConfig:
             raise ConfigError(f"seed must be in [0, 2**64), got {self.seed}")
         if self.steps is not None and self.steps <= 0:
             raise ConfigError(f"steps must be positive, got {self.steps}")
+        if self.dedup not in (None, *DEDUP):
+            raise ConfigError(f"dedup {self.dedup!r} is not one of {', '.join(DEDUP)} (or none)")
         self._check_mixture(names)
 
     def _check_mixture(self, names: list[str]) -> None:
@@ -294,6 +333,9 @@ class JobConfig:
         d["specials"] = self.specials.value if self.specials else None
         d["sources"] = [dict(dataclasses.asdict(s), paths=list(s.paths)) for s in self.sources]
         d["stages"] = [{"steps": st.steps, "weights": dict(st.weights)} for st in self.stages]
+        if self.decontaminate:
+            d["decontaminate"]["benchmarks"] = [dict(dataclasses.asdict(b), paths=list(b.paths))
+                                                for b in self.decontaminate.benchmarks]
         return d
 
 
@@ -331,6 +373,39 @@ def load_toml(path: str) -> dict:
 
 FILE_KEYS = ({f.name for f in dataclasses.fields(JobConfig)} - {"stages"}) | {"source", "stage", "global_batch_tokens"}
 SOURCE_KEYS = ("name", "paths", "text", "format", "weight")
+DECONTAM_KEYS = ("ngram", "min_ngram", "benchmark")
+
+
+def _source(s, i: int, where: str, keys, base: str, default_name: str) -> SourceConfig:
+    """A [[source]] (or [[decontaminate.benchmark]]) table as a SourceConfig."""
+    if not isinstance(s, dict):
+        raise ConfigError(f"each {where} must be a table with name, paths and text")
+    bad = set(s) - set(keys)
+    if bad:
+        raise ConfigError(f"{where} {i}: unknown key(s) {', '.join(sorted(bad))}; known: {', '.join(keys)}")
+    paths = s.get("paths", [])
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    return SourceConfig(name=s.get("name", default_name), paths=tuple(absolute(p, base) for p in paths),
+                        text=s.get("text", "text"), format=s.get("format"), weight=s.get("weight"))
+
+
+def decontam_config(table, flags: dict, file_dir: str, cwd: str) -> DecontamConfig | None:
+    """The [decontaminate] table, or --decontaminate GLOB flags (which replace its benchmarks)."""
+    table = dict(table or {})
+    if not isinstance(table, dict) or set(table) - set(DECONTAM_KEYS):
+        raise ConfigError(f"[decontaminate] takes {', '.join(DECONTAM_KEYS)} ([[decontaminate.benchmark]] tables)")
+    if flags.get("decontaminate"):
+        text = flags.get("decontaminate_text") or "text"
+        benchmarks = [SourceConfig(name=g, paths=(absolute(g, cwd),), text=text) for g in flags["decontaminate"]]
+    else:
+        benchmarks = [_source(b, i, "[[decontaminate.benchmark]]", ("name", "paths", "text", "format"), file_dir,
+                              f"benchmark{i}") for i, b in enumerate(table.pop("benchmark", []))]
+        if flags.get("decontaminate_text"):
+            raise ConfigError("--decontaminate-text goes with --decontaminate GLOB")
+    table.pop("benchmark", None)
+    if not benchmarks and not table:
+        return None
+    return DecontamConfig(benchmarks=tuple(benchmarks), **table)
 
 
 def build(file: dict | None, file_dir: str, flags: dict[str, Any], cwd: str | None = None) -> JobConfig:
@@ -353,19 +428,9 @@ def build(file: dict | None, file_dir: str, flags: dict[str, Any], cwd: str | No
         ))
     else:
         for i, s in enumerate(file.pop("source", [])):
-            if not isinstance(s, dict):
-                raise ConfigError("each [[source]] must be a table with name, paths and text")
-            bad = set(s) - set(SOURCE_KEYS)
-            if bad:
-                raise ConfigError(f"[[source]] {i}: unknown key(s) {', '.join(sorted(bad))}; "
-                                  f"known: {', '.join(SOURCE_KEYS)}")
-            paths = s.get("paths", [])
-            paths = [paths] if isinstance(paths, str) else list(paths)
-            sources.append(SourceConfig(
-                name=s.get("name", f"source{i}"), paths=tuple(absolute(p, file_dir) for p in paths),
-                text=s.get("text", "text"), format=s.get("format"), weight=s.get("weight"),
-            ))
+            sources.append(_source(s, i, "[[source]]", SOURCE_KEYS, file_dir, f"source{i}"))
     file.pop("source", None)
+    decontaminate = decontam_config(file.pop("decontaminate", None), flags, file_dir, cwd)
     stages = []
     for k, st in enumerate(file.pop("stage", [])):
         if not isinstance(st, dict) or set(st) - {"steps", "weights"} or not isinstance(st.get("weights"), dict):
@@ -386,7 +451,7 @@ def build(file: dict | None, file_dir: str, flags: dict[str, Any], cwd: str | No
     if "tokenizer" in values and os.path.exists(os.path.join(file_dir, values["tokenizer"])):
         values["tokenizer"] = absolute(values["tokenizer"], file_dir)
     for k, v in flags.items():
-        if k in ("input", "text_field", "format") or v is None:
+        if k in ("input", "text_field", "format", "decontaminate", "decontaminate_text") or v is None:
             continue
         values[k] = v
     if flags.get("output"):
@@ -412,6 +477,9 @@ def build(file: dict | None, file_dir: str, flags: dict[str, Any], cwd: str | No
         raise ConfigError(f"{exc}; packing is concat|bestfit, specials is bos+eos|eos|none") from exc
     if values.get("compression") in ("none", ""):
         values["compression"] = None
+    if values.get("dedup") in ("none", ""):
+        values["dedup"] = None
+    values["decontaminate"] = decontaminate
     known = {f.name for f in dataclasses.fields(JobConfig)}
     try:
         return JobConfig(sources=tuple(sources), stages=tuple(stages),

@@ -9,6 +9,7 @@ first tries to download the Prism binary, which an offline machine would wait on
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -183,7 +184,23 @@ def summary(report: dict, out: str) -> str:
         lines.append(f"  warning    {asked:,} steps asked, the data gives {report['steps']:,}: without weights no "
                      "source is repeated; give every source a weight to repeat short ones")
     lines += mixture_lines(report.get("mixture"), r["rows_per_step"])
+    lines += decontamination_lines(report.get("decontamination"))
     return "\n".join(lines)
+
+
+def decontamination_lines(d: dict | None) -> list[str]:
+    """Per benchmark: documents (and characters) dropped, texts in the index, texts ignored."""
+    if not d:
+        return []
+    lines = [f"  decontam   {d['ngram']}-grams (texts of {d['min_ngram']}-{d['ngram'] - 1} words whole): "
+             f"{d['grams']:,} grams, {d['bytes'] / 2**20:.1f} MiB index"]
+    for name, b in d["benchmarks"].items():
+        lines.append(f"    {name:<28} {b['documents_dropped']:,} documents dropped ({b['chars_dropped']:,} chars); "
+                     f"{b['texts']:,} texts, {b['ignored_short']:,} under {d['min_ngram']} words ignored")
+        if b["unreadable"]:
+            lines.append(f"  warning    {b['unreadable']:,} records of benchmark {name} could not be read: "
+                         "documents holding them were not checked against them")
+    return lines
 
 
 # Past ~4 epochs repeated tokens are worth little more than none (Muennighoff et al. 2023,
@@ -228,6 +245,9 @@ def launch_checks(cfg: JobConfig, beam_args: list[str]):
     if warning:
         logging.getLogger("steppack.prepare").warning(warning)
     units, source_bytes = discover(cfg)
+    if cfg.decontaminate:  # the benchmarks' units join the source units (Prepare tells them apart)
+        units = units + [dataclasses.replace(u, source=-1 - u.source)
+                         for u in discover(cfg, cfg.decontaminate.benchmarks, "benchmark")[0]]
     return options, runner_name, info, engine, units, source_bytes
 
 

@@ -201,14 +201,14 @@ def _dir_size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def discover(cfg: JobConfig) -> tuple[list[Unit], list[int]]:
-    """Every read unit of the job, in a fixed order, and the input bytes of each source;
-    InputError if a path matches nothing."""
+def discover(cfg: JobConfig, sources=None, what: str = "source") -> tuple[list[Unit], list[int]]:
+    """Every read unit of the job's sources (or of `sources`: the benchmarks), in a fixed order,
+    and the input bytes of each; InputError if a path matches nothing."""
     units: list[Unit] = []
     sizes = []
     unit_bytes = cfg.unit_mb * (1 << 20)
     cap = cfg.max_doc_bytes
-    for si, src in enumerate(cfg.sources):
+    for si, src in enumerate(cfg.sources if sources is None else sources):
         root = source_root(src.paths)
         total = 0
         for pattern in src.paths:
@@ -227,7 +227,7 @@ def discover(cfg: JobConfig) -> tuple[list[Unit], list[int]]:
                 continue
             files = sorted(_match(pattern) + [(p, 0) for p in _broken_links(pattern)])
             if not files:
-                raise InputError(f"input {pattern} (source {src.name!r}) matches no file; check the path")
+                raise InputError(f"input {pattern} ({what} {src.name!r}) matches no file; check the path")
             for path, size in files:
                 fmt, comp = (src.format, None) if src.format else detect_format(path)
                 if src.format == "jsonl" or src.format == "text":

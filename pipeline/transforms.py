@@ -45,6 +45,8 @@ from steppack.shards.writer import write_blocks
 from . import buckets as bk
 from . import claim
 from .config import JobConfig
+from .decontaminate import Index, read_part
+from .grams import dedup_key
 from .packing import ConcatPacker, Doc, Packing, concat_layout, cut_documents, packer
 from .plan import EmptyStream, Stream, derive_seed, doc_id, make_plan, permutation, shuffle_key, stages_of
 from .engines import Guard
@@ -152,7 +154,7 @@ class SumDicts(beam.CombineFn):
 # ---------------------------------------------------------------- ReadDocuments
 
 class ReadFn(beam.DoFn):
-    """Units -> batches of documents for the tokenizer: [(source, name, key, [(record, text)])],
+    """Units -> batches of documents for the tokenizer: [(source, name, key, path, [(record, text)])],
     one entry per unit the batch draws on. Rejects (and their counts) go on tagged outputs.
 
     A batch fills across units (flushed when full and at the bundle's end): the last units of a
@@ -176,11 +178,11 @@ class ReadFn(beam.DoFn):
             self.docs += 1
             self.chars += len(item[1])
             if self.docs >= BATCH_DOCS or self.chars >= BATCH_CHARS:
-                self.parts.append((unit.source, unit.source_name, unit.key, records))
+                self.parts.append((unit.source, unit.source_name, unit.key, unit.path, records))
                 records = []
                 yield self._take()
         if records:
-            self.parts.append((unit.source, unit.source_name, unit.key, records))
+            self.parts.append((unit.source, unit.source_name, unit.key, unit.path, records))
 
     def finish_bundle(self):
         if self.parts:
@@ -230,7 +232,9 @@ def drop_reason(text: str, cfg: JobConfig) -> str | None:
 
 
 class TokenizeFn(beam.DoFn):
-    """A batch of ReadFn -> [(shuffle key, Doc)] of the kept documents."""
+    """A batch of ReadFn -> [(shuffle key, Doc)] of the kept documents. With a benchmark index
+    (side input), contaminated documents are dropped before they are tokenized (rejects on
+    'rejects'); with dedup, each kept document's (dedup key, Copy) goes on 'dedup'."""
 
     def __init__(self, job: Job, tokenizer_json: str | None = None):
         self.job = job
@@ -246,22 +250,25 @@ class TokenizeFn(beam.DoFn):
         self.done = Counter()
         self.last = 0.0
 
-    def process(self, batch):
+    def process(self, batch, index=None):
         cfg = self.job.cfg
+        stats = Counter()
+        if index is not None:
+            batch = yield from self._decontaminate(batch, index, stats)
         texts = [text for *_, records in batch for _, text in records]
-        dids = [doc_id(name, key, record) for _, name, key, records in batch for record, _ in records]
+        dids = [doc_id(name, key, record) for _, name, key, _, records in batch for record, _ in records]
         check = [self.guard.picks(d) and drop_reason(t, cfg) is None for d, t in zip(dids, texts)]
-        encoded, differed = self.tok.encode(texts, check)
-        stats = Counter({"tokenizer_checked": sum(check), "tokenizer_mismatches": len(differed)})
+        encoded, differed = self.tok.encode(texts, check) if texts else ([], [])
+        stats.update({"tokenizer_checked": sum(check), "tokenizer_mismatches": len(differed)})
         for i in differed:
             # Written with the reference's ids (encode gave those); said here, counted in the report.
             LOG.warning("tokenizer engines differ on document %016x (%s): written with HF tokenizers' ids",
                         dids[i], texts[i][:60])
-        ids, dids = iter(encoded), iter(dids)
+        ids, dids, all_texts = iter(encoded), iter(dids), iter(texts)
         kept = []
-        for source, name, key, records in batch:
-            for record, text in records:
-                tokens, did = next(ids), next(dids)
+        for source, name, key, path, records in batch:
+            for record, _ in records:
+                tokens, did, text = next(ids), next(dids), next(all_texts)
                 n = len(tokens)
                 stats["documents_read"] += 1
                 stats["tokens_read"] += n
@@ -275,11 +282,37 @@ class TokenizeFn(beam.DoFn):
                 stats[f"source_documents/{source}"] += 1
                 stats[f"source_tokens/{source}"] += n
                 kept.append((shuffle_key(cfg.seed, did), Doc(tokens, did, source)))
+                if cfg.dedup:
+                    yield beam.pvalue.TaggedOutput("dedup", (dedup_key(text), Copy(source, name, key, path, record,
+                                                                                   did, n)))
         count(stats)
         self._progress(stats)
         yield beam.pvalue.TaggedOutput("stats", dict(stats))
         if kept:
             yield kept
+
+    def _decontaminate(self, batch, index, stats: Counter):
+        """The batch less its contaminated documents (each a reject); the documents that
+        drop_reason drops are left to it, so that `shards audit` of any output agrees."""
+        cfg = self.job.cfg
+        flat = [(b, i) for b, (*_, records) in enumerate(batch) for i, (_, text) in enumerate(records)
+                if drop_reason(text, cfg) is None]
+        found = index.match_texts([batch[b][-1][i][1] for b, i in flat])
+        gone = {flat[k] for k in found}
+        for k, match in sorted(found.items()):
+            b, i = flat[k]
+            _, name, key, path, records = batch[b]
+            record, text = records[i]
+            bench = match.item.benchmark
+            stats.update({"documents_read": 1, "documents_dropped/contaminated": 1,
+                          f"contaminated_documents/{bench}": 1, f"contaminated_chars/{bench}": len(text)})
+            yield beam.pvalue.TaggedOutput("rejects", {
+                "source": name, "file": path, "record": record, "reason": "contaminated", "detail": match.detail(),
+                "doc_id": f"{doc_id(name, key, record):016x}", **match.to_dict()})
+        if not gone:
+            return batch
+        return [(*head, [r for i, r in enumerate(records) if (b, i) not in gone])
+                for b, (*head, records) in enumerate(batch)]
 
     def _progress(self, stats):
         self.done.update({"documents": stats["documents_read"], "tokens": stats["tokens_read"]})
@@ -301,13 +334,100 @@ class TokenizeFn(beam.DoFn):
 
 
 class TokenizeDocs(beam.PTransform):
+    def __init__(self, job: Job, index=None):
+        super().__init__()
+        self.job, self.index = job, index
+
+    def expand(self, docs):
+        fn = TokenizeFn(self.job, shipped_json(self.job.cfg))
+        side = {} if self.index is None else {"index": beam.pvalue.AsSingleton(self.index)}
+        return docs | "Tokenize" >> beam.ParDo(fn, **side).with_outputs("stats", "rejects", "dedup", main="tokens")
+
+
+# ---------------------------------------------------------------- BenchmarkIndex / Dedup
+
+class IndexFn(beam.CombineFn):
+    """Benchmark Parts -> the decontaminate.Index (the same whatever order the parts come in)."""
+
+    def __init__(self, n: int, min_n: int):
+        self.n, self.min_n = n, min_n
+
+    def create_accumulator(self):
+        return []
+
+    def add_input(self, acc, part):
+        acc.append(part)
+        return acc
+
+    def merge_accumulators(self, accs):
+        return [p for a in accs for p in a]
+
+    def extract_output(self, acc):
+        return Index(acc, self.n, self.min_n)
+
+
+class BenchmarkIndex(beam.PTransform):
+    """Benchmark read units -> one Index (a side input of TokenizeDocs); the reading is spread
+    over the workers, as the corpus's is."""
+
+    def __init__(self, units: list[Unit], n: int, min_n: int):
+        super().__init__()
+        self.units, self.n, self.min_n = units, n, min_n
+
+    def expand(self, pbegin):
+        return (pbegin
+                | "ListBenchmarkUnits" >> beam.Create(self.units)
+                | "ReadBenchmarks" >> beam.Map(read_part, self.n, self.min_n)
+                | "BuildIndex" >> beam.CombineGlobally(IndexFn(self.n, self.min_n)))
+
+
+class Copy(NamedTuple):
+    """A kept document as dedup sees it: where it is from, and its size."""
+
+    source: int
+    source_name: str
+    key: str
+    path: str
+    record: int
+    doc_id: int
+    tokens: int
+
+
+def dedup_group(kv, job: Job):
+    """(dedup key, copies) -> the first copy (in source order, file key, record) is kept; each other
+    is a `duplicate` reject, (bucket, doc_id) to drop before packing, and its counts taken back."""
+    _, copies = kv
+    copies = sorted(copies, key=lambda c: (c.source, c.key, c.record))
+    if len(copies) < 2:
+        return
+    kept, group_of = copies[0], job.group_of_source()
+    stats = Counter()
+    for c in copies[1:]:
+        g = job.groups[group_of[c.source]]
+        yield (g.first + shuffle_key(job.cfg.seed, c.doc_id) % g.buckets, c.doc_id)
+        stats.update({"documents_kept": -1, "tokens_kept": -c.tokens, f"source_documents/{c.source}": -1,
+                      f"source_tokens/{c.source}": -c.tokens, "documents_dropped/duplicate": 1,
+                      "tokens_dropped/duplicate": c.tokens})
+        yield beam.pvalue.TaggedOutput("rejects", {
+            "source": c.source_name, "file": c.path, "record": c.record, "reason": "duplicate",
+            "detail": f"the same text as record {kept.record} of {kept.path} (source {kept.source_name!r}), which is kept",
+            "doc_id": f"{c.doc_id:016x}", "kept_doc_id": f"{kept.doc_id:016x}"})
+    count(stats)
+    yield beam.pvalue.TaggedOutput("stats", dict(stats))
+
+
+class Dedup(beam.PTransform):
+    """TokenizeDocs' (dedup key, Copy) -> (bucket, doc_id) of the duplicates (main), their rejects
+    and their counts ('stats'). Only keys and locations cross the shuffle, never the text."""
+
     def __init__(self, job: Job):
         super().__init__()
         self.job = job
 
-    def expand(self, docs):
-        fn = TokenizeFn(self.job, shipped_json(self.job.cfg))
-        return docs | "Tokenize" >> beam.ParDo(fn).with_outputs("stats", main="tokens")
+    def expand(self, copies):
+        return (copies
+                | "GroupCopies" >> beam.GroupByKey()
+                | "KeepFirstCopy" >> beam.FlatMap(dedup_group, self.job).with_outputs("rejects", "stats", main="drops"))
 
 
 # ---------------------------------------------------------------- SpillBuckets
@@ -362,10 +482,11 @@ class PackBucketFn(beam.DoFn):
         self.job = job
 
     def process(self, kv):
-        bucket, paths = kv
+        bucket, value = kv
+        paths, drops = (value["spills"], value["drops"]) if isinstance(value, dict) else (value, ())
         job = self.job
         dtype = np.dtype(job.dtype)
-        docs = bk.read_bucket(sorted(paths), dtype)
+        docs = bk.read_bucket(sorted(paths), dtype).without(drops)
         if job.cfg.packing is Packing.CONCAT:
             block, tail, cut = self._concat(docs)
         else:
@@ -455,19 +576,19 @@ def pack_tails(tails: list, job: Job) -> tuple[dict, list[RowFile]]:
 
 
 class PackRows(beam.PTransform):
-    """Spill files -> bucket row files (main output), each bucket's unfinished last row ("tails")
-    and {"documents_cut": n} dicts ("stats")."""
+    """Spill files (and dedup's (bucket, doc_id) drops) -> bucket row files (main output), each
+    bucket's unfinished last row ("tails") and {"documents_cut": n} dicts ("stats")."""
 
-    def __init__(self, job: Job):
+    def __init__(self, job: Job, drops=None):
         super().__init__()
-        self.job = job
+        self.job, self.drops = job, drops
 
     def expand(self, spills):
-        return (
-            spills
-            | "GroupSpillsByBucket" >> beam.GroupByKey()
-            | "PackBuckets" >> beam.ParDo(PackBucketFn(self.job)).with_outputs("tails", "stats", main="buckets")
-        )
+        if self.drops is None:
+            grouped = spills | "GroupSpillsByBucket" >> beam.GroupByKey()
+        else:
+            grouped = {"spills": spills, "drops": self.drops} | "GroupSpillsByBucket" >> beam.CoGroupByKey()
+        return grouped | "PackBuckets" >> beam.ParDo(PackBucketFn(self.job)).with_outputs("tails", "stats", main="buckets")
 
 
 # ---------------------------------------------------------------- AssignSteps / WriteStepShards
@@ -633,6 +754,17 @@ def build_report(job: Job, stats: dict, infos: list[dict], n_rejects: int, plan:
     }
 
 
+def decontamination_report(stats: dict, index: dict | None) -> dict | None:
+    """The index's size and each benchmark's texts, with the documents and characters it dropped
+    (a contaminated document is never tokenized, so its size is in characters)."""
+    if index is None:
+        return None
+    for name, b in index["benchmarks"].items():
+        b["documents_dropped"] = stats.get(f"contaminated_documents/{name}", 0)
+        b["chars_dropped"] = stats.get(f"contaminated_chars/{name}", 0)
+    return index
+
+
 def mixture_report(job: Job, mixture: dict | None) -> dict | None:
     """Per source: its target share (per stage), rows per pass, passes, rows in the remainder."""
     if mixture is None:
@@ -646,7 +778,7 @@ def remove_work(out: str) -> None:
     fs.remove_tree(fs.join(out, bk.WORK_DIR))
 
 
-def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list, plan: dict):
+def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list, plan: dict, index: dict | None = None):
     if not claim.held_by(job.out, job.run_id):
         # Another run holds the output now: commit nothing (the launcher says so).
         return
@@ -657,6 +789,7 @@ def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list, plan: di
     fs.write_bytes(fs.join(job.out, REJECTS_FILE),
                    "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejects).encode("utf-8"))
     report = build_report(job, stats, infos, len(rejects), plan)
+    report["decontamination"] = decontamination_report(stats, index)
     file_infos = report.pop("_file_infos")
     steps = [f for f in file_infos if f.file != REMAINDER_FILE]
     remainder = next((f for f in file_infos if f.file == REMAINDER_FILE), None)
@@ -680,18 +813,20 @@ def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list, plan: di
 
 
 class WriteManifest(beam.PTransform):
-    def __init__(self, job: Job, stats, infos, rejects, plan):
+    def __init__(self, job: Job, stats, infos, rejects, plan, index_summary=None):
         super().__init__()
         self.job, self.stats, self.infos, self.rejects, self.plan = job, stats, infos, rejects, plan
+        self.index_summary = index_summary
 
     def expand(self, pbegin):
+        side = {} if self.index_summary is None else {"index": beam.pvalue.AsSingleton(self.index_summary)}
         return (
             pbegin
             | "Once" >> beam.Create([None])
             | "WriteRejectsReportManifest" >> beam.FlatMap(
                 write_outputs, self.job, beam.pvalue.AsSingleton(self.stats, default_value={}),
                 beam.pvalue.AsList(self.infos), beam.pvalue.AsList(self.rejects),
-                beam.pvalue.AsSingleton(self.plan))
+                beam.pvalue.AsSingleton(self.plan), **side)
         )
 
 
@@ -699,17 +834,32 @@ class Prepare(beam.PTransform):
     """The whole job: units of input files -> step shards, report and manifest under job.out."""
 
     def __init__(self, job: Job, units: list[Unit]):
+        """`units`: the sources' read units, and the benchmarks' (their `source` is -1 - benchmark)."""
         super().__init__()
-        self.job, self.units = job, units
+        self.job = job
+        self.units = [u for u in units if u.source >= 0]
+        self.bench_units = [u for u in units if u.source < 0]
 
     def expand(self, pbegin):
         job = self.job
+        index = None
+        if job.cfg.decontaminate:
+            d = job.cfg.decontaminate
+            index = pbegin | "BenchmarkIndex" >> BenchmarkIndex(self.bench_units, d.ngram, d.min_ngram)
         read = pbegin | "ReadDocuments" >> ReadDocuments(self.units, job.cfg.workers)
-        tok = read.docs | "TokenizeDocs" >> TokenizeDocs(job)
+        tok = read.docs | "TokenizeDocs" >> TokenizeDocs(job, index)
+        stats, rejects, drops = [read.stats, tok.stats], [read.rejects, tok.rejects], None
+        if job.cfg.dedup:
+            dedup = tok.dedup | "Dedup" >> Dedup(job)
+            stats.append(dedup.stats)
+            rejects.append(dedup.rejects)
+            drops = dedup.drops
         spills = tok.tokens | "SpillBuckets" >> beam.ParDo(SpillFn(job))
-        packed = spills | "PackRows" >> PackRows(job)
+        packed = spills | "PackRows" >> PackRows(job, drops)
         tasks, plan_stats, plan = pbegin | "AssignSteps" >> AssignSteps(job, packed)
         infos = tasks | "WriteStepShards" >> WriteStepShards(job)
-        stats = ((read.stats, tok.stats, packed.stats, plan_stats) | "AllStats" >> beam.Flatten()
+        stats = ((*stats, packed.stats, plan_stats) | "AllStats" >> beam.Flatten()
                  | "SumStats" >> beam.CombineGlobally(SumDicts()).without_defaults())
-        return pbegin | "WriteManifest" >> WriteManifest(job, stats, infos, read.rejects, plan)
+        rejects = tuple(rejects) | "AllRejects" >> beam.Flatten()
+        summary = (index | "IndexSummary" >> beam.Map(lambda ix: ix.summary())) if index is not None else None
+        return pbegin | "WriteManifest" >> WriteManifest(job, stats, infos, rejects, plan, summary)

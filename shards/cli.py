@@ -5,6 +5,8 @@
              targets against its rows (shards/stats.py); --plot FILE.png draws them (shards/plot.py)
     show     --step S --row R: one row decoded to text; --step S alone: the step's composition (shards/show.py)
     verify   every check of shards/verify.py, one line per problem, exit 1 if any
+    audit    --benchmark GLOB: the documents holding a benchmark's n-grams and the steps that hold
+             them, exit 1 if any (steppack.pipeline.audit: the rule of prepare's decontamination)
 
 stats and verify draw a progress bar over the step files on stderr when stderr is a terminal
 (shards/progress.py); piped or captured, their output is the plain report alone.
@@ -73,6 +75,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--micro-batch", type=int, default=1,
                    help="With --world-size: also check that each rank's rows split into micro-batches of this size.")
     p.set_defaults(_view=cmd_verify)
+
+    p = sub.add_parser("audit", help="Which documents hold a benchmark's n-grams, and in which steps; exit 1 if any.",
+                       description="Decode every row of OUT (pieces joined by doc_id across rows), apply prepare's "
+                                   "decontamination rule (docs/prepare.md, 'Decontamination') to each document and list "
+                                   "each contaminated one: doc_id, source, the steps and rows holding its pieces, the "
+                                   "benchmark item and the matching words. Exit 1 when anything matches, 0 when the "
+                                   "output is clean. A progress bar goes to stderr when stderr is a terminal.")
+    _common(p)
+    p.add_argument("--benchmark", action="append", required=True, metavar="GLOB",
+                   help="Benchmark files (repeatable; each a benchmark named by its GLOB): jsonl[.gz|.zst], parquet, "
+                        "text, an HF save_to_disk directory; local, gs:// or s3://.")
+    p.add_argument("--text", default="text", metavar="FIELD_OR_TEMPLATE",
+                   help="The benchmark text: a field, or a template over fields such as '{question} {answer}' "
+                        "(default: text).")
+    p.add_argument("--ngram", type=int, default=10, help="n of the n-grams (default 10, DeepSeekMath's).")
+    p.add_argument("--min-ngram", type=int, default=3,
+                   help="Benchmark texts of min-ngram .. ngram-1 words are matched whole; shorter ones are ignored "
+                        "(default 3).")
+    p.add_argument("--tokenizer", default=None,
+                   help="Decode with this tokenizer.json (or preset) instead of the one the manifest names.")
+    p.set_defaults(_view=cmd_audit)
     parser.set_defaults(_main=lambda args: args._view(args))
 
 
@@ -224,3 +247,27 @@ def cmd_verify(args) -> int:
     else:
         print(describe_ok(args.out, read_manifest(args.out)))
     return 1 if problems else 0
+
+
+def cmd_audit(args) -> int:
+    import os
+
+    from steppack.pipeline.audit import audit, benchmark_index, render
+    from steppack.pipeline.config import DecontamConfig, SourceConfig
+
+    from .progress import step_bar
+    from .show import load_decoder
+
+    m = read_manifest(args.out)
+    d = DecontamConfig(ngram=args.ngram, min_ngram=args.min_ngram, benchmarks=tuple(
+        SourceConfig(name=g, paths=(os.path.abspath(g) if "://" not in g else g,), text=args.text)
+        for g in args.benchmark))
+    index = benchmark_index(d.benchmarks, d.ngram, d.min_ngram)
+    result = audit(args.out, index, load_decoder(m, args.tokenizer), progress=step_bar)
+    if args.json:
+        _print_json({"clean": not result.findings, "documents": result.documents, "pieces": result.pieces,
+                     "unordered_documents": result.unordered, "index": index.summary(),
+                     "findings": [f.to_dict() for f in result.findings]})
+    else:
+        print(render(result, index, args.out))
+    return 1 if result.findings else 0

@@ -227,6 +227,12 @@ class StepFile:
         parts = [self._list(b, 1, lo, n, np.int32) for b, lo, n in self._pieces(rows)]
         return _join_lists(parts, np.int32)
 
+    def read_doc_ids(self, rows: range | None = None) -> np.ndarray:
+        """The `doc_ids` column of `rows` (uint64 per piece) without touching the tokens."""
+        rows = range(self.num_rows) if rows is None else rows
+        parts = [self._list(b, 2, lo, n, np.uint64) for b, lo, n in self._pieces(rows)]
+        return _join_lists(parts, np.uint64)[1]
+
     def read_source(self, rows: range) -> np.ndarray:
         """The `source` column of `rows` (uint16 per piece, parallel to read_doc_lens' doc_lens)."""
         parts = [self._list(b, 3, lo, n, np.uint16) for b, lo, n in self._pieces(rows)]
