@@ -216,10 +216,10 @@ def test_read_batches_fill_across_units_and_keep_every_record_once(tmp_path):
     out = [o for u in units for o in fn.process(u)] + [w.value for w in fn.finish_bundle()]
     batches = [o for o in out if not isinstance(o, beam.pvalue.TaggedOutput)]
     rejects = [o.value for o in out if isinstance(o, beam.pvalue.TaggedOutput) and o.tag == "rejects"]
-    assert [sum(len(p[3]) for p in b) for b in batches] == [BATCH_DOCS, 3 + 44 + 1]
+    assert [sum(len(p[-1]) for p in b) for b in batches] == [BATCH_DOCS, 3 + 44 + 1]
     # bad.jsonl, doc0..2.txt, then many.jsonl until the first batch is full
     assert [p[2] for p in batches[0]] == ["bad.jsonl", "doc0.txt", "doc1.txt", "doc2.txt", "many.jsonl"]
-    got = sorted((key, record, text) for b in batches for _, _, key, records in b for record, text in records)
+    got = sorted((key, record, text) for b in batches for _, _, key, _, records in b for record, text in records)
     assert len(got) == len(set(got)) == BATCH_DOCS + 44 + 3 + 1
     assert [(r["reason"], r["record"]) for r in rejects] == [("bad_json", 1)]
 
