@@ -26,6 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from steppack.shards.errors import ConfigError
 
@@ -143,9 +144,12 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, checkpoint_blocks: bool = False):
+        """`checkpoint_blocks`: in training, keep each block's input only and recompute the block in
+        backward (activation checkpointing; the parameters and state dict are the same)."""
         super().__init__()
         self.cfg = cfg
+        self.checkpoint_blocks = checkpoint_blocks
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -183,8 +187,9 @@ class Decoder(nn.Module):
             mask = (doc_ids[:, :, None] == doc_ids[:, None, :]) & causal  # (B, T, T)
             mask = mask[:, None]
         x = self.embed(tokens)
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+            x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False) if recompute else layer(x, cos, sin, mask)
         x = self.norm(x)
         if labels is not None:
             return head_losses(x.reshape(b * t, -1), self.lm_head.weight, labels.reshape(-1))
