@@ -2,15 +2,17 @@
 
     ddp   every rank holds the whole model, its gradients and the AdamW moments; DDP all-reduces
           (averages) the gradients after the last micro-batch of a step.
-    fsdp  `fully_shard` on every transformer block, then on the root (embedding, final norm and
-          output layer): each rank holds 1/world_size of every parameter, gradient and AdamW
-          moment as DTensor shards; a block's parameters are all-gathered for its forward and its
-          backward, its gradients reduce-scattered (averaged) after the last micro-batch.
+    fsdp  `fully_shard` on the embedding, on every transformer block, then on the root (final
+          norm and output layer): each rank holds 1/world_size of every parameter, gradient and
+          AdamW moment as DTensor shards; a unit's parameters are all-gathered for its forward and
+          its backward, its gradients reduce-scattered (averaged) after the last micro-batch.
 
 Both average over the ranks, so the loss scaling of train.py (x world_size) gives both the same
 gradient. The chunked loss head (loss.py) runs inside the root's forward, where FSDP2 has
 swapped the output layer's weight for its all-gathered (plain tensor) version; its gradient then
-reaches the sharded parameter through the root's reduce-scatter like any other.
+reaches the sharded parameter through the root's reduce-scatter like any other. (The output layer
+cannot be a unit of its own: the loss reads its weight without calling it, which would hand the
+custom autograd function a sharded DTensor.)
 
 Mixed precision under fsdp: on CUDA with a bf16 run, parameters are all-gathered in bf16 and
 gradients reduced in fp32 (`MixedPrecisionPolicy`); the sharded parameters and AdamW state stay
@@ -42,8 +44,8 @@ class Parallel:
             mesh = init_device_mesh(d.device.type, (d.world_size,))
             mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
                   if bf16 and d.device.type == "cuda" else MixedPrecisionPolicy())
-            for block in model.layers:
-                fully_shard(block, mesh=mesh, mp_policy=mp)
+            for unit in (model.embed, *model.layers):
+                fully_shard(unit, mesh=mesh, mp_policy=mp)
             fully_shard(model, mesh=mesh, mp_policy=mp)
         elif d.initialized:
             self._ddp = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
