@@ -109,6 +109,24 @@ def test_doc_attention_gives_the_loss_of_running_each_document_separately():
     torch.testing.assert_close(packed, alone, atol=1e-4, rtol=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:flex_attention called without torch.compile")
+def test_both_document_attention_paths_equal_the_dense_block_diagonal_mask():
+    from steppack.trainer.attention import DocMask, attend
+
+    seq_len = 40
+    # Row 0: 3 documents and padding; row 1: one document filling the row; row 2: 2 and padding.
+    ids = torch.as_tensor(doc_layout([0, 3, 4, 6], [7, 1, 12, seq_len, 30, 4], seq_len)[0], dtype=torch.int64)
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(3, 4, seq_len, 16, generator=gen) for _ in range(3))
+    dense = (ids[:, :, None] == ids[:, None, :]) & torch.ones(seq_len, seq_len, dtype=torch.bool).tril()
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense[:, None])
+    spans = DocMask(ids, flex=False)
+    assert spans.spans == [[(0, 7), (7, 8), (8, 20), (20, 40)], [(0, 40)], [(0, 30), (30, 34), (34, 40)]]
+    torch.testing.assert_close(attend(q, k, v, spans), want, atol=1e-5, rtol=1e-5)
+    # flex_attention's BlockMask (the CUDA path), here in its eager forward: it has no backward on CPU.
+    torch.testing.assert_close(attend(q, k, v, DocMask(ids, flex=True)), want, atol=1e-5, rtol=1e-5)
+
+
 def test_causal_attention_sees_across_documents():
     torch.manual_seed(0)
     model = Decoder(preset("tiny", vocab_size=64, context=16)).eval()
@@ -149,3 +167,21 @@ def test_the_chunked_loss_equals_the_full_logits_loss_and_its_gradients(monkeypa
     assert (got_per[labels.view(-1) == IGNORE] == 0).all()
     for name, g in want_grads.items():
         assert torch.allclose(got_grads[name], g, rtol=1e-4, atol=1e-6), name
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    cfg = preset("tiny", vocab_size=97, context=32, layers=2)
+    tokens = torch.randint(0, 97, (2, 32), generator=torch.Generator().manual_seed(2))
+    labels = torch.roll(tokens, -1, dims=1)
+
+    def run(recompute):
+        torch.manual_seed(1)
+        model = Decoder(cfg, checkpoint_blocks=recompute)
+        total, _ = model(tokens, labels=labels)
+        total.backward()
+        return total.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+    (want, want_grads), (got, got_grads) = run(False), run(True)
+    assert torch.equal(got, want)
+    for name, g in want_grads.items():  # recomputing the same ops on the CPU repeats them bit for bit
+        assert torch.equal(got_grads[name], g), name

@@ -5,7 +5,9 @@ optimizer (AdamW moments and step counts), schedule, RNG states, the manifest id
 the step checksums, `steppack.trainer.data.manifest_identity`) and the resolved config. It is written to a
 temporary name in the same directory, flushed and renamed into place, so a job killed mid-write
 leaves the previous checkpoint as the newest complete one. Only rank 0 writes (DDP keeps every
-rank's model and optimizer identical).
+rank's model and optimizer identical). A `--parallel fsdp` run writes `ckpt-00000123.dcp/`
+instead, a sharded directory holding the same (`steppack.trainer.dcp`); this module names, lists,
+prunes and checks both kinds.
 
 The file holds tensors, numbers, strings and containers only and is read with `weights_only=True`.
 
@@ -21,6 +23,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import tempfile
 
 import numpy as np
@@ -28,11 +31,16 @@ import torch
 
 from steppack.shards.errors import ConfigError, FormatError
 
-NAME = re.compile(r"^ckpt-(\d{8})\.pt$")
+NAME = re.compile(r"^ckpt-(\d{8})\.(pt|dcp)$")
+SHARDED = ".dcp"  # a directory written by torch.distributed.checkpoint (--parallel fsdp)
 
 
-def path_for(ckpt_dir: str, step: int) -> str:
-    return os.path.join(ckpt_dir, f"ckpt-{step:08d}.pt")
+def path_for(ckpt_dir: str, step: int, *, sharded: bool = False) -> str:
+    return os.path.join(ckpt_dir, f"ckpt-{step:08d}{SHARDED if sharded else '.pt'}")
+
+
+def is_sharded(path: str) -> bool:
+    return str(path).endswith(SHARDED)
 
 
 def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
@@ -43,7 +51,7 @@ def list_checkpoints(ckpt_dir: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-TMP = re.compile(r"^ckpt-\d{8}\.pt\.tmp-\d+$")
+TMP = re.compile(r"^ckpt-\d{8}\.(pt\.tmp-\d+|dcp\.tmp)$")
 
 
 def prepare_dir(ckpt_dir: str, *, resume: bool, clean: bool) -> None:
@@ -65,7 +73,22 @@ def prepare_dir(ckpt_dir: str, *, resume: bool, clean: bool) -> None:
     if clean and os.path.isdir(ckpt_dir):
         for name in os.listdir(ckpt_dir):
             if TMP.match(name):
-                os.remove(os.path.join(ckpt_dir, name))
+                remove(os.path.join(ckpt_dir, name))
+
+
+def remove(path: str) -> None:
+    """Delete a checkpoint or a killed write's leftover: a file, or a sharded directory."""
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    else:
+        os.remove(path)
+
+
+def prune(ckpt_dir: str, keep: int) -> None:
+    """Keep the newest `keep` checkpoints of either kind (0: all)."""
+    if keep:
+        for _, old in list_checkpoints(ckpt_dir)[:-keep]:
+            remove(old)
 
 
 def latest(ckpt_dir: str) -> str | None:
@@ -110,18 +133,17 @@ def save(ckpt_dir: str, step: int, state: dict, keep: int = 0) -> str:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, final)
-    if keep:
-        for _, old in list_checkpoints(ckpt_dir)[:-keep]:
-            os.remove(old)
+    prune(ckpt_dir, keep)
     return final
 
 
 KEYS = ("step", "model", "optimizer", "schedule", "rng", "manifest_id", "model_config", "config")
 
 
-def load(path: str) -> dict:
+def load(path: str, keys: tuple[str, ...] = KEYS) -> dict:
     """A checkpoint, unpickled with `weights_only=True`: tensors, numbers, strings and containers
-    only, so a planted file cannot run code; anything else is refused in one line."""
+    only, so a planted file cannot run code; anything else is refused in one line. `keys`: those
+    it must hold (a sharded checkpoint's state file holds all but the model and optimizer)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -130,14 +152,23 @@ def load(path: str) -> dict:
                           "(a checkpoint of a steppack before 2026-12-01 resumes with that version)") from exc
     except Exception as exc:  # a malformed pickle can fail in torch's unpickler with any error (IndexError, ...)
         raise FormatError(f"checkpoint {path} cannot be read ({exc}); delete it to resume from the one before") from exc
-    if not isinstance(ckpt, dict) or any(k not in ckpt for k in KEYS):
-        raise FormatError(f"{path} is not a steppack checkpoint (it lacks {', '.join(k for k in KEYS if not isinstance(ckpt, dict) or k not in ckpt)}); "
+    if not isinstance(ckpt, dict) or any(k not in ckpt for k in keys):
+        raise FormatError(f"{path} is not a steppack checkpoint (it lacks {', '.join(k for k in keys if not isinstance(ckpt, dict) or k not in ckpt)}); "
                           "remove it from --ckpt-dir")
     return ckpt
 
 
 # Training settings a resumed run must keep: each changes the loss curve from the resumed step on.
 FIXED = ("attention", "grad_clip", "dtype", "weight_decay")
+
+
+def check_parallel(path: str, parallel: str) -> None:
+    """Refuse a checkpoint of the other --parallel: a DDP file and a sharded FSDP directory do not load
+    into each other."""
+    written = "fsdp" if is_sharded(path) else "ddp"
+    if written != parallel:
+        raise ConfigError(f"checkpoint {path} was written by a --parallel {written} run, this launch is --parallel "
+                          f"{parallel}: resume with --parallel {written}, or start a new run in another --ckpt-dir")
 
 
 def check_resumable(ckpt: dict, path: str, *, manifest_id: str, model: dict, schedule: dict, config: dict) -> None:

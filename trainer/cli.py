@@ -13,8 +13,9 @@ from .config import TrainConfig, add_arguments as _add_config_arguments
 
 def add_arguments(parser) -> None:
     parser.epilog = ("Launch with torchrun for data parallelism: torchrun --standalone --nproc-per-node K "
-                     "-m steppack.cli train ... (gloo on CPU, NCCL on GPU). rows_per_step must divide by "
-                     "world_size x --micro-batch. See docs/trainer.md for the resume contract.")
+                     "-m steppack.cli train ... (gloo on CPU, NCCL on GPU); --parallel fsdp shards the model "
+                     "and optimizer over the K ranks. rows_per_step must divide by world_size x --micro-batch. "
+                     "See docs/trainer.md for parallelism and the resume contract.")
     _add_config_arguments(parser)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from steppack.shards.errors import ConfigError
 
 ATTENTION = ("causal", "doc")
+PARALLEL = ("ddp", "fsdp")
 
 
 def _f(default, help: str, **kw):
@@ -43,6 +44,17 @@ class TrainConfig:
                         "step s then reads shard s mod num_shards.")
     micro_batch: int = _f(1, "Rows per forward/backward pass on each rank; gradient accumulation = "
                              "rows_per_step / (world_size * micro_batch).")
+    parallel: str = _f("ddp", "ddp: every rank holds the whole model and AdamW state (DistributedDataParallel; "
+                              "checkpoints are one file, ckpt-00000123.pt). fsdp: FSDP2, parameters, gradients and "
+                              "AdamW state sharded over the ranks (~1/world_size each; bf16 parameters with fp32 "
+                              "gradient reduction on cuda when the dtype is bf16); checkpoints are sharded "
+                              "torch.distributed.checkpoint directories (ckpt-00000123.dcp/) that resume on any "
+                              "world size. A run resumes only with the --parallel it was written with.",
+                       choices=PARALLEL)
+    activation_checkpointing: bool = _f(False, "Keep only each transformer block's input in the forward pass and "
+                                               "recompute the block in backward: activation memory of one block "
+                                               "instead of all, for ~1/3 more compute. Same numbers.",
+                                        action="store_true")
     max_lr: float = _f(5.3e-4, "Peak learning rate (DeepSeekMath: 5.3e-4 for 1.3B at 4M-token steps, "
                                "4.2e-4 for 7B at 10M).")
     warmup_steps: int = _f(2000, "Linear warm-up to --max-lr over this many steps.")

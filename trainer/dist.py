@@ -1,8 +1,9 @@
 """Process group and device: one process launched directly, or one per rank under torchrun.
 
 torchrun sets RANK, WORLD_SIZE, LOCAL_RANK and the rendezvous variables; without them the run is
-a world of one and no process group is created. The backend follows the device: gloo on CPU,
-NCCL on CUDA (one GPU per local rank).
+a world of one and no process group is created, unless one is asked for (`group=True`: FSDP2
+shards over a device mesh, which needs a group even of one rank; a single process then gets an
+in-memory store). The backend follows the device: gloo on CPU, NCCL on CUDA (one GPU per local rank).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ class Dist:
     world_size: int
     local_rank: int
     device: torch.device
+    group: bool = False
+    """A process group exists (world size > 1, or asked for)."""
 
     @property
     def is_main(self) -> bool:
@@ -29,10 +32,10 @@ class Dist:
 
     @property
     def initialized(self) -> bool:
-        return self.world_size > 1
+        return self.group
 
 
-def setup(device: str = "auto") -> Dist:
+def setup(device: str = "auto", *, group: bool = False) -> Dist:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -45,10 +48,13 @@ def setup(device: str = "auto") -> Dist:
         dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
+    group = group or world > 1
+    if group and not dist.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=dev if device == "cuda" else None)
-    return Dist(rank, world, local, dev)
+        # Without torchrun's rendezvous variables (a world of one launched directly): a store in memory.
+        store = {} if "MASTER_ADDR" in os.environ else {"store": dist.HashStore(), "rank": 0, "world_size": 1}
+        dist.init_process_group(backend, device_id=dev if device == "cuda" else None, **store)
+    return Dist(rank, world, local, dev, group)
 
 
 def all_reduce_sum(t: torch.Tensor, d: Dist) -> torch.Tensor:

@@ -156,17 +156,22 @@ def export(state: dict[str, torch.Tensor], cfg: ModelConfig, out: str) -> None:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--ckpt", required=True, help="a steppack checkpoint (ckpt-00000123.pt)")
+    parser.add_argument("--ckpt", required=True, help="a steppack checkpoint: ckpt-00000123.pt, or the sharded "
+                        "directory ckpt-00000123.dcp of a --parallel fsdp run (read whole, in one process)")
     parser.add_argument("--out", required=True, help="directory to write config.json and model.safetensors to")
 
 
 def main(args) -> int:
-    from . import checkpoint
+    from . import checkpoint, dcp
     from .model import ModelConfig
 
-    ckpt = checkpoint.load(args.ckpt)
+    if checkpoint.is_sharded(args.ckpt):
+        model, ckpt = dcp.full_model_state(args.ckpt)
+    else:
+        ckpt = checkpoint.load(args.ckpt)
+        model = ckpt["model"]
     cfg = ModelConfig(**ckpt["model_config"])
-    export(ckpt["model"], cfg, args.out)
+    export(model, cfg, args.out)
     print(f"exported {args.ckpt} (step {ckpt['step']}) to {args.out}: LlamaForCausalLM, "
           f"{cfg.num_params() / 1e6:.1f}M parameters (transformers' AutoModelForCausalLM loads it)")
     return 0

@@ -3,10 +3,11 @@
     tokens (B, T) -> embed -> [RMSNorm -> attention(RoPE) -> +residual -> RMSNorm -> SwiGLU -> +residual] x L
                   -> RMSNorm -> lm_head (untied) -> logits (B, T, vocab)
 
-Attention is `scaled_dot_product_attention`: `is_causal` across the whole row (what DeepSeek did),
-or, with `doc_ids` (B, T), a block-diagonal causal mask so a token sees only earlier tokens of its
-own document; positions then restart at 0 for every document, so a document packed mid-row is
-computed exactly as if it stood alone (the test checks this against running each one separately).
+Attention (trainer/attention.py) is causal across the whole row (what DeepSeek did), or, with
+`doc_ids` (B, T), causal inside each document only: flex_attention block masks on CUDA, one SDPA
+call per document elsewhere, neither with a (T, T) mask. Positions then restart at 0 for every
+document, so a document packed mid-row is computed exactly as if it stood alone (the test checks
+this against running each one separately).
 
 Presets. The 7B is DeepSeek LLM 7B (30 layers, d 4096, 32 heads, FFN 11008). DeepSeekMath's 1.3B
 ablation model is "the same framework as DeepSeek LLMs"; its shape is not published, so the preset
@@ -26,9 +27,11 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from steppack.shards.errors import ConfigError
 
+from .attention import DocMask, attend
 from .loss import IGNORE, head_losses  # IGNORE: the label of positions with no next-token loss
 
 
@@ -107,15 +110,11 @@ class Attention(nn.Module):
         self.v = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
         self.o = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, docs: DocMask | None):
         b, t, d = x.shape
         q, k, v = (p(x).view(b, t, self.n_heads, self.head_dim).transpose(1, 2) for p in (self.q, self.k, self.v))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o(y.transpose(1, 2).reshape(b, t, d))
+        return self.o(attend(q, k, v, docs).transpose(1, 2).reshape(b, t, d))
 
 
 class SwiGLU(nn.Module):
@@ -137,15 +136,18 @@ class Block(nn.Module):
         self.ffn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, docs):
+        x = x + self.attn(self.attn_norm(x), cos, sin, docs)
         return x + self.ffn(self.ffn_norm(x))
 
 
 class Decoder(nn.Module):
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, *, checkpoint_blocks: bool = False):
+        """`checkpoint_blocks`: in training, keep each block's input only and recompute the block in
+        backward (activation checkpointing; the parameters and state dict are the same)."""
         super().__init__()
         self.cfg = cfg
+        self.checkpoint_blocks = checkpoint_blocks
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -177,14 +179,11 @@ class Decoder(nn.Module):
             cos, sin = self.rope_cos[:t][None, None], self.rope_sin[:t][None, None]
         else:
             cos, sin = self.rope_cos[positions][:, None], self.rope_sin[positions][:, None]
-        mask = None
-        if doc_ids is not None:
-            causal = torch.ones(t, t, dtype=torch.bool, device=tokens.device).tril()
-            mask = (doc_ids[:, :, None] == doc_ids[:, None, :]) & causal  # (B, T, T)
-            mask = mask[:, None]
+        docs = None if doc_ids is None else DocMask(doc_ids)
         x = self.embed(tokens)
+        recompute = self.checkpoint_blocks and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, cos, sin, mask)
+            x = checkpoint(layer, x, cos, sin, docs, use_reentrant=False) if recompute else layer(x, cos, sin, docs)
         x = self.norm(x)
         if labels is not None:
             return head_losses(x.reshape(b * t, -1), self.lm_head.weight, labels.reshape(-1))

@@ -3,8 +3,9 @@
 The loss of a step is the mean next-token cross-entropy over every label token of the global
 step (all ranks, all micro-batches). Each micro-batch contributes its loss *sum* divided by the
 step's global label count (one small all-reduce before the forward passes), times world_size
-because DDP averages gradients over ranks. So the gradient is the same whatever the world size
-and micro-batch: changing either between restarts changes only float summation order.
+because DDP and FSDP2 (`steppack.trainer.parallel`) both average gradients over ranks. So the
+gradient is the same whatever the world size, micro-batch and --parallel: changing the first two
+between restarts changes only float summation order.
 
 Per step, rank 0 appends a JSON line to --metrics and prints a progress line; at the end, a summary.
 When the manifest lists more than one source, the line also carries each source's mean loss and label
@@ -20,31 +21,32 @@ import time
 from dataclasses import asdict
 
 import torch
-from torch.nn.parallel import DistributedDataParallel as DDP
 
 from steppack.shards.errors import ConfigError, InternalError
 from steppack.shards.manifest import read_manifest
 
-from . import checkpoint, dist, hf
+from . import checkpoint, dcp, dist, hf
 from .config import TrainConfig
 from .data import StepStream, check_model_fits_data, manifest_identity, total_steps
 from .model import IGNORE, Decoder, preset
 from .optim import Schedule, make_optimizer, set_lr
+from .parallel import Parallel
 from .preempt import StopRequest
 from .source_loss import label_sources, source_counts, source_fields, source_sums
 from .targets import make_targets, row_digest
 
 
+def _bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda")
+
+
 def _autocast(cfg: TrainConfig, device: torch.device):
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16) if _bf16(cfg, device) else contextlib.nullcontext()
 
 
 def run(cfg: TrainConfig) -> dict:
     """Train as `cfg` says; returns the summary (also printed by rank 0)."""
-    d = dist.setup(cfg.device)
+    d = dist.setup(cfg.device, group=cfg.parallel == "fsdp")
     try:
         with StopRequest() as stop_request:
             summary = _run(cfg, d, stop_request)
@@ -92,24 +94,30 @@ def _run(cfg: TrainConfig, d: dist.Dist, stop_request: StopRequest) -> dict:
 def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say, stop_request) -> dict:
     start, stop, total = stream.start, stream.stop, schedule.total_steps
     torch.manual_seed(cfg.seed)
-    model = Decoder(mcfg).to(d.device)
-    optimizer = make_optimizer(model, schedule, cfg.weight_decay)
+    model = Decoder(mcfg, checkpoint_blocks=cfg.activation_checkpointing).to(d.device)
+    ckpt = None
     if path:
-        ckpt = checkpoint.load(path)
+        checkpoint.check_parallel(path, cfg.parallel)
+        ckpt = dcp.load_state(path) if checkpoint.is_sharded(path) else checkpoint.load(path)
         checkpoint.check_resumable(ckpt, path, manifest_id=manifest_id, model=asdict(mcfg),
                                    schedule=schedule.to_dict(), config=cfg.to_dict())
         if ckpt["step"] != start:
             raise InternalError(f"{path} holds step {ckpt['step']}, its name says {start}")
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        checkpoint.set_rng_state(ckpt["rng"])
-        say(f"resumed from {path}: step {start} of {total} (written by world size {ckpt['world_size']}, "
-            f"now {d.world_size})")
+        if "model" in ckpt:
+            model.load_state_dict(ckpt["model"])
     elif cfg.init_from:
         hf.init_from(model, cfg.init_from, mcfg)
         say(f"initialised from {cfg.init_from}")
-    ddp = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None) if d.initialized else None
-    step_model = ddp or model
+    par = Parallel(model, cfg.parallel, d, bf16=_bf16(cfg, d.device))  # every rank starts from the same weights
+    optimizer = make_optimizer(model, schedule, cfg.weight_decay)  # after sharding: over the shards
+    if ckpt:
+        if "model" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        else:
+            dcp.load_into(path, model, optimizer)
+        checkpoint.set_rng_state(ckpt["rng"])
+        say(f"resumed from {path}: step {start} of {total} (written by world size {ckpt['world_size']}, "
+            f"now {d.world_size})")
     doc = cfg.attention == "doc"
     names = [src.name for src in m.sources]
     n_src = len(names) if stream.sources else 0  # one source: nothing per source to log
@@ -118,8 +126,8 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say, stop_reque
     if start < stop:
         say(f"training {cfg.model} ({mcfg.num_params() / 1e6:.1f}M parameters, {cfg.attention} attention) on "
             f"{cfg.data}: steps {start}..{stop - 1} of {total}, {m.rows_per_step} rows x {m.seq_len} tokens per "
-            f"step, world size {d.world_size}, {n_micro} x {cfg.micro_batch}-row micro-batches per rank, "
-            f"device {d.device}")
+            f"step, world size {d.world_size} ({cfg.parallel}), {n_micro} x {cfg.micro_batch}-row micro-batches "
+            f"per rank, device {d.device}")
 
     metrics = open(cfg.metrics, "a") if cfg.metrics and d.is_main else None
     tty = sys.stdout.isatty()
@@ -147,15 +155,13 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say, stop_reque
             # [loss sum, loss sum of each source]: one float64 vector, one collective after the step.
             loss_sum = torch.zeros(1 + n_src, dtype=torch.float64, device=d.device)
             for j, (tok, lab, pos, ids) in enumerate(targets):
-                sync = ddp is None or j == n_micro - 1
-                with (contextlib.nullcontext() if sync else ddp.no_sync()), _autocast(cfg, d.device):
-                    loss, per_position = step_model(tok, pos, ids, labels=lab)
+                with par.micro_batch(last=j == n_micro - 1), _autocast(cfg, d.device):
+                    loss, per_position = par.module(tok, pos, ids, labels=lab)
                 (loss * (d.world_size / n_labels)).backward()
                 loss_sum[0] += loss.detach().double()
                 if n_src:
                     loss_sum[1:] += source_sums(per_position, srcs[j], n_src)
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            grad_norm = par.clip(cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             dist.all_reduce_sum(loss_sum, d)
@@ -221,13 +227,13 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say, stop_reque
 
 
 def _save(cfg, d, model, optimizer, schedule, mcfg, manifest_id, step) -> str | None:
+    state = {"step": step, "schedule": schedule.to_dict(), "rng": checkpoint.rng_state(), "manifest_id": manifest_id,
+             "model_config": asdict(mcfg), "config": cfg.to_dict(), "world_size": d.world_size}
+    if cfg.parallel == "fsdp":  # every rank writes its shards
+        return dcp.save(cfg.ckpt_dir, step, model, optimizer, state, d, keep=cfg.keep_checkpoints)
     path = None
     if d.is_main:
-        state = {
-            "step": step, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "schedule": schedule.to_dict(), "rng": checkpoint.rng_state(), "manifest_id": manifest_id,
-            "model_config": asdict(mcfg), "config": cfg.to_dict(), "world_size": d.world_size,
-        }
+        state.update(model=model.state_dict(), optimizer=optimizer.state_dict())
         path = checkpoint.save(cfg.ckpt_dir, step, state, keep=cfg.keep_checkpoints)
     dist.barrier(d)  # no rank runs ahead (or exits) before the checkpoint exists
     return path
