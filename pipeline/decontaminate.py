@@ -162,23 +162,24 @@ class Index:
         """{document of the batch: its leftmost match} for the contaminated documents of `w`.
         inner: grams holding a document's first or last word do not count (in a window cut out of a
         longer text those words may be cut)."""
-        best: dict[int, tuple[int, int, int]] = {}  # doc -> (first word, -n, key index)
         if inner:
             first = np.searchsorted(w.doc, w.doc, side="left")
             last = np.searchsorted(w.doc, w.doc, side="right") - 1
+        hits = []  # (first word, -n, key index) of every matching gram
         for k in (self.n, *self.lengths):
             h, at = grams.gram_hashes(w, k)
             found = self._lookup(h)
             if inner:
                 found[(at == first[at]) | (at + k - 1 == last[at])] = -1
             hit = np.flatnonzero(found >= 0)
-            for i, key in zip(at[hit].tolist(), found[hit].tolist()):
-                d = int(w.doc[i])
-                cand = (i, -k, key)
-                if d not in best or cand < best[d]:
-                    best[d] = cand
-        return {d: Match(self.items[int(self.owner[key])], w.gram_text(i, -negk), -negk)
-                for d, (i, negk, key) in best.items()}
+            hits.append((at[hit], np.full(hit.size, -k), found[hit]))
+        at, negk, key = (np.concatenate(c) for c in zip(*hits))
+        order = np.lexsort((key, negk, at))  # per document: leftmost, then longest, then first item
+        at, negk, key = at[order], negk[order], key[order]
+        doc = w.doc[at]  # sorted too: a batch's words are in document order
+        firsts = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]]) if doc.size else doc
+        return {int(doc[i]): Match(self.items[int(self.owner[key[i]])], w.gram_text(int(at[i]), -int(negk[i])),
+                                   -int(negk[i])) for i in firsts.tolist()}
 
     def match_texts(self, texts: list[str], inner: bool = False) -> dict[int, Match]:
         return self.match(grams.words(texts), inner) if self.keys.size and texts else {}

@@ -180,6 +180,8 @@ def _train(cfg, d, m, mcfg, schedule, manifest_id, stream, path, say, stop_reque
                    "read_ms": round(batch.read_ms, 3), "step_ms": round(step_ms, 3), "label_tokens": n_labels,
                    "shard": batch.shard, "data_digest": digest, "world_size": d.world_size,
                    "verified": not cfg.no_verify_steps}
+            if d.device.type == "cuda":
+                rec["cuda_max_memory_gib"] = round(torch.cuda.max_memory_allocated(d.device) / 2**30, 3)
             if n_src:
                 rec.update(source_fields(names, loss_sum[1:].tolist(), counts[3:].tolist()))
             if metrics:
