@@ -15,7 +15,7 @@ import pytest
 from steppack.pipeline import grams
 from steppack.pipeline.decontaminate import Index, Item, item_grams
 from steppack.pipeline.plan import doc_id
-from steppack.shards import read_manifest
+from steppack.shards import open_step, read_manifest
 from steppack.shards.format import REJECTS_DIR, REPORT_NAME
 from steppack.shards.verify import verify
 
@@ -27,6 +27,7 @@ QUESTION = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast eve
             "per fresh duck egg. How much in dollars does she make every day at the farmers' market?")
 FILLER = ("The theory of modular forms connects number theory with complex analysis, and its methods reach "
           "far beyond the questions that first motivated them. ") * 8
+COPY = "Let $p$ be a prime. Then $p$ divides $a^p - a$ for every integer $a$."
 CHINESE = "小明有五个苹果，他给了小红两个，又买了三个，现在他有几个苹果？"
 
 
@@ -131,10 +132,17 @@ def outputs(tmp_path_factory):
         {"text": FILLER + "x = 2 " + FILLER},
     ])
     extra = write_jsonl(tmp / "cmath.jsonl", [{"text": CHINESE}, {"text": "the answer is 42 exactly"}, {"text": "x = 2"}])
+    (tmp / "copies").mkdir()
+    write_jsonl(tmp / "copies" / "b.jsonl", [{"text": COPY.upper()}, {"text": "another document " * 20}, {"text": COPY}])
+    write_jsonl(tmp / "copies" / "a.jsonl", [{"text": "one more " * 30}, {"text": "  " + COPY.replace(" ", "\n ")}])
     job = tmp / "job.toml"
     job.write_text(f"""
 seq_len = 256
 rows_per_step = 8
+dedup = "exact"
+[[source]]
+name = "copies"
+paths = ["{tmp}/copies/*.jsonl"]
 [[source]]
 name = "gsm8k"
 paths = ["{corpus}/gsm8k/test.jsonl.zst"]
@@ -166,9 +174,10 @@ paths = ["{extra}"]
     plain = job.with_name("plain.toml")
     plain.write_text(job.read_text().split("[decontaminate]")[0])
     outs = {}
-    for name, cfg in (("clean", job), ("plain", plain)):
+    # Different worker counts and read units: dedup keeps the same copy in both.
+    for name, cfg, workers, unit_mb in (("clean", job, "2", "1"), ("plain", plain, "1", "0.01")):
         outs[name] = str(tmp / name)
-        assert prepare("--config", str(cfg), "--output", outs[name], "--workers", "2") == 0
+        assert prepare("--config", str(cfg), "--output", outs[name], "--workers", workers, "--unit-mb", unit_mb) == 0
     return outs, planted, corpus
 
 
@@ -231,33 +240,23 @@ def test_audit_of_a_missing_benchmark_is_one_line(outputs, capsys):
     assert "matches no file" in err and "Traceback" not in err
 
 
-def test_dedup_keeps_the_first_of_n_copies_whatever_the_worker_count(tmp_path):
-    text = "Let $p$ be a prime. Then $p$ divides $a^p - a$ for every integer $a$."
-    src = tmp_path / "src"
-    src.mkdir()
-    write_jsonl(src / "b.jsonl", [{"text": text.upper()}, {"text": "another document " * 20}, {"text": text}])
-    write_jsonl(src / "a.jsonl", [{"text": "one more " * 30}, {"text": "  " + text.replace(" ", "\n ")}])
-    outs = []
-    for workers in (1, 2):
-        out = str(tmp_path / f"out{workers}")
-        assert prepare("--input", str(src / "*.jsonl"), "--output", out, "--seq-len", "32", "--rows-per-step", "2",
-                       "--dedup", "exact", "--workers", str(workers), "--unit-mb", "0.0001") == 0
-        outs.append(out)
-    a, b = (open(os.path.join(o, "manifest.json"), "rb").read() for o in outs)
-    assert a == b
-    dups = [r for r in rejects_of(outs[0]) if r["reason"] == "duplicate"]
-    kept = f"{doc_id('input', 'a.jsonl', 1):016x}"  # the first copy: file key a.jsonl before b.jsonl
-    assert sorted((os.path.basename(r["file"]), r["record"]) for r in dups) == [("b.jsonl", 0), ("b.jsonl", 2)]
-    assert {r["kept_doc_id"] for r in dups} == {kept}
-    report = json.load(open(os.path.join(outs[0], REPORT_NAME)))
-    assert report["documents"]["kept"] == 3 and report["documents"]["dropped_by_reason"] == {"duplicate": 2}
-    assert report["sources"][0]["documents"] == 3
-    ids = set()
-    m = read_manifest(outs[0])
-    from steppack.shards import open_step
-
-    for info in m.steps + ([m.remainder] if m.remainder else []):
-        with open_step(os.path.join(outs[0], info.file)) as f:
-            ids |= set(f.read_doc_ids().tolist())
-    assert ids == {doc_id("input", k, r) for k, r in (("a.jsonl", 0), ("a.jsonl", 1), ("b.jsonl", 1))}
-    assert verify(outs[0]) == []
+def test_dedup_keeps_the_first_of_n_copies_whatever_the_worker_count(outputs):
+    outs, _, _ = outputs
+    dups = {}
+    for name, out in outs.items():
+        dups[name] = sorted((os.path.basename(r["file"]), r["record"], r["kept_doc_id"])
+                            for r in rejects_of(out) if r["reason"] == "duplicate")
+        report = json.load(open(os.path.join(out, REPORT_NAME)))
+        assert report["documents"]["dropped_by_reason"]["duplicate"] == 2
+        copies = next(s for s in report["sources"] if s["name"] == "copies")
+        assert copies["documents"] == 3
+        m = read_manifest(out)
+        ids = set()
+        for info in m.steps + ([m.remainder] if m.remainder else []):
+            with open_step(os.path.join(out, info.file)) as f:
+                ids |= set(f.read_doc_ids().tolist())
+        kept = {doc_id("copies", k, r) for k, r in (("a.jsonl", 0), ("a.jsonl", 1), ("b.jsonl", 1))}
+        gone = {doc_id("copies", "b.jsonl", r) for r in (0, 2)}
+        assert kept <= ids and not gone & ids
+    kept = f"{doc_id('copies', 'a.jsonl', 1):016x}"  # the first copy: file key a.jsonl before b.jsonl
+    assert dups["clean"] == dups["plain"] == [("b.jsonl", 0, kept), ("b.jsonl", 2, kept)]
