@@ -153,6 +153,10 @@ class Index:
         out = np.full(len(h), -1, np.int64)
         cand = np.flatnonzero(maybe)
         if cand.size and self.keys.size:
+            # Sorted first: numpy's search then walks the keys in order (~70 ns a lookup against
+            # ~380 ns for hashes in random order, at 0.8M keys), and every gram of a contaminated
+            # document is a candidate.
+            cand = cand[np.argsort(h[cand])]
             at = np.minimum(np.searchsorted(self.keys, h[cand]), len(self.keys) - 1)
             hit = self.keys[at] == h[cand]
             out[cand[hit]] = at[hit]
