@@ -111,6 +111,7 @@ def estimate(cfg: JobConfig, units: list[Unit], source_bytes: list[int], tok: Do
         "tokens_per_cpu_second": round(rate) if rate else None,
         "core_hours": round(sum(tokens) / rate / 3600, 3) if rate else None,
         "engine": engines.record(engine),
+        "not_estimated": [k for k, on in (("decontaminate", cfg.decontaminate), ("dedup", cfg.dedup)) if on],
     }
 
 
@@ -137,4 +138,7 @@ def render(est: dict, out: str) -> str:
         lines.append(f"  cpu        ~{est['core_hours']:,.2f} core-hours of tokenizing at "
                      f"{est['tokens_per_cpu_second'] / 1e6:.2f}M tokens per CPU-second ({est['engine']['library']}); "
                      "the whole job takes somewhat more")
+    if est["not_estimated"]:
+        lines.append(f"  note       {' and '.join(est['not_estimated'])} not applied to the sample: the counts are "
+                     "before them (they can only be smaller)")
     return "\n".join(lines)
