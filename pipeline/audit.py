@@ -12,12 +12,12 @@ document in one piece is checked as soon as it is read; the pieces of a cut docu
 until its last one is read (memory: the pieces of the documents cut across steps not yet read).
 
 Piece order: the format records which document a piece is of, not where in it. With BOS/EOS
-tokens (every preset) the first and last pieces are known; a document in 4 or more pieces (or a
-repeated mixture source) has middle pieces whose order is not recorded. Its pieces are then
-checked joined in reading order, and every pair of them that could be neighbours is checked
-across their junction (the WINDOW tokens either side): a gram across a real junction is never
-missed; one made up by a junction that is not real could be found (never seen in practice, and
-counted in the summary as documents with an unrecorded piece order).
+tokens (every preset) the first and last pieces are known; a document in 4 or more pieces has
+middle pieces whose order is not recorded (copies of a piece, from a repeated mixture source,
+count once). Each of its pieces is then checked on its own, and every pair of them that could be
+neighbours across their junction (the WINDOW tokens either side): a gram across a real junction
+is found unless WINDOW tokens hold fewer than its words on one side; one made up by a junction
+that is not real could be found (counted in the summary as documents with an unrecorded order).
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from steppack.shards import fs, open_step
+from steppack.shards.errors import InputError
 from steppack.shards.manifest import read_manifest
 from steppack.shards.progress import no_progress
 
@@ -70,41 +71,52 @@ class Audit:
 
 
 def benchmark_index(benchmarks, ngram: int, min_ngram: int, max_doc_bytes: int = JobConfig.max_doc_bytes) -> Index:
-    """The index of benchmark texts (config.SourceConfig each), read as prepare reads them."""
+    """The index of benchmark texts (config.SourceConfig each), read as prepare reads them; an
+    InputError when a benchmark gives no text (prepare stops on that too)."""
     # discover reads only these three settings of a job's config.
     cfg = types.SimpleNamespace(unit_mb=64.0, max_doc_bytes=max_doc_bytes, sources=benchmarks)
     units, _ = discover(cfg, benchmarks, "benchmark")
-    return Index([read_part(u, ngram, min_ngram) for u in units], ngram, min_ngram)
+    index = Index([read_part(u, ngram, min_ngram) for u in units], ngram, min_ngram)
+    for b, v in index.summary()["benchmarks"].items():
+        if not v["texts"]:
+            raise InputError(f"benchmark {b!r} gave no text to check against ({v['unreadable']:,} records could not "
+                             "be read): check its path and --text")
+    return index
 
 
 class _Checker:
-    """Documents queued for one decode_batch and one match each."""
+    """Documents queued for one decode_batch and one match each. A document is one or more texts
+    to check, each with whether its start and its end may be cut in the middle of a word."""
 
     def __init__(self, index: Index, tok, audit: Audit, sources: list[str]):
         self.index, self.tok, self.audit, self.sources = index, tok, audit, sources
         self.docs: list[tuple[int, int, list]] = []  # (doc_id, source, places)
-        self.whole: list[list[int]] = []
-        self.windows: list[tuple[int, list[int]]] = []  # (doc of self.docs, tokens)
+        self.texts: list[list[int]] = []
+        self.owner: list[int] = []
+        self.cut: tuple[list[bool], list[bool]] = ([], [])
 
-    def add(self, doc_id: int, source: int, places: list, tokens: np.ndarray, windows=()) -> None:
+    def add(self, doc_id: int, source: int, places: list, parts) -> None:
+        """parts: (tokens, start cut, end cut) of each text of the document to check."""
         self.docs.append((doc_id, source, places))
-        self.whole.append(tokens.tolist())
-        self.windows += [(len(self.docs) - 1, w.tolist()) for w in windows]
+        for tokens, cut_start, cut_end in parts:
+            self.texts.append(tokens.tolist())
+            self.owner.append(len(self.docs) - 1)
+            self.cut[0].append(cut_start)
+            self.cut[1].append(cut_end)
         if len(self.docs) >= BATCH:
             self.flush()
 
     def flush(self) -> None:
         if not self.docs:
             return
-        found = self.index.match_texts(self.tok.decode_batch(self.whole, skip_special_tokens=True))
-        if self.windows:
-            texts = self.tok.decode_batch([t for _, t in self.windows], skip_special_tokens=True)
-            for k, m in sorted(self.index.match_texts(texts, inner=True).items()):
-                found.setdefault(self.windows[k][0], m)
+        texts = self.tok.decode_batch(self.texts, skip_special_tokens=True)
+        found: dict[int, Match] = {}
+        for k, m in sorted(self.index.match_texts(texts, self.cut).items()):
+            found.setdefault(self.owner[k], m)
         for d, m in sorted(found.items()):
             doc_id, source, places = self.docs[d]
             self.audit.findings.append(Finding(doc_id, self.sources[source], sorted(places), m))
-        self.docs, self.whole, self.windows = [], [], []
+        self.docs, self.texts, self.owner, self.cut = [], [], [], ([], [])
 
 
 def arrange(pieces: list[np.ndarray], bos: int | None, eos: int | None) -> tuple[list[int], bool]:
@@ -118,17 +130,23 @@ def arrange(pieces: list[np.ndarray], bos: int | None, eos: int | None) -> tuple
     return heads + middles + tails, known
 
 
-def junctions(pieces: list[np.ndarray], bos: int | None, eos: int | None) -> list[np.ndarray]:
-    """WINDOW tokens either side of every junction two pieces could make (a piece ending with EOS
-    ends the document; one starting with BOS starts it)."""
-    out = []
-    for a, pa in enumerate(pieces):
-        if eos is not None and pa[-1] == eos:
-            continue
-        for b, pb in enumerate(pieces):
-            if a != b and not (bos is not None and pb[0] == bos):
-                out.append(np.concatenate([pa[-WINDOW:], pb[:WINDOW]]))
-    return out
+def texts_of(pieces: list[np.ndarray], bos: int | None, eos: int | None) -> tuple[list, bool]:
+    """The texts to check for a document of these pieces (tokens, start cut, end cut), and whether
+    their order is the recorded one. Copies (a repeated mixture source) count once. In the recorded
+    order: the pieces joined. Otherwise each piece on its own (its edges cut unless BOS/EOS says they
+    are the document's) and WINDOW tokens either side of every junction two pieces could make."""
+    unique = list({p.tobytes(): p for p in pieces}.values())
+    order, known = arrange(unique, bos, eos)
+    if known:
+        return [(np.concatenate([unique[i] for i in order]), False, False)], True
+    starts = [bos is not None and p[0] == bos for p in unique]
+    ends = [eos is not None and p[-1] == eos for p in unique]
+    out = [(p, not s, not e) for p, s, e in zip(unique, starts, ends)]
+    for a, pa in enumerate(unique):
+        for b, pb in enumerate(unique):
+            if a != b and not ends[a] and not starts[b]:
+                out.append((np.concatenate([pa[-WINDOW:], pb[:WINDOW]]), True, True))
+    return out, False
 
 
 def audit(out: str, index: Index, tok, progress=no_progress) -> Audit:
@@ -158,18 +176,16 @@ def audit(out: str, index: Index, tok, progress=no_progress) -> Audit:
                 d = dids[p]
                 if d not in multi:
                     result.documents += 1
-                    check.add(d, srcs[p], [(step, row)], tokens)
+                    check.add(d, srcs[p], [(step, row)], [(tokens, False, False)])
                     continue
                 got = stash.setdefault(d, [])
                 got.append(((step, row), tokens.copy()))
                 if len(got) == multi[d]:
                     del stash[d]
                     result.documents += 1
-                    pieces = [t for _, t in got]
-                    order, known = arrange(pieces, bos, eos)
+                    parts, known = texts_of([t for _, t in got], bos, eos)
                     result.unordered += not known
-                    check.add(d, srcs[p], [pl for pl, _ in got], np.concatenate([pieces[i] for i in order]),
-                              () if known else junctions(pieces, bos, eos))
+                    check.add(d, srcs[p], [pl for pl, _ in got], parts)
     check.flush()
     result.findings.sort(key=lambda f: (f.first_step if f.first_step >= 0 else 1 << 62, f.doc_id))
     return result
@@ -180,6 +196,9 @@ def render(result: Audit, index: Index, out: str) -> str:
     names = ", ".join(f"{b} ({v['texts']:,} texts)" for b, v in benches.items())
     lines = [f"audit {out}: {result.documents:,} documents ({result.pieces:,} pieces) against {names}; "
              f"{index.n}-grams, texts of {index.min_n}-{index.n - 1} words whole"]
+    for b, v in benches.items():
+        if v["unreadable"]:
+            lines.append(f"warning: {v['unreadable']:,} records of {b} could not be read (a missing field of --text?)")
     for f in result.findings:
         where = ", ".join(f"step {s} row {r}" if s >= 0 else f"remainder row {r}" for s, r in f.places)
         lines.append(f"  doc {f.doc_id:016x}  source {f.source}  {where}")

@@ -391,8 +391,11 @@ def _source(s, i: int, where: str, keys, base: str, default_name: str) -> Source
 
 def decontam_config(table, flags: dict, file_dir: str, cwd: str) -> DecontamConfig | None:
     """The [decontaminate] table, or --decontaminate GLOB flags (which replace its benchmarks)."""
+    if table is not None and not isinstance(table, dict):
+        raise ConfigError("decontaminate must be a table: [decontaminate] with [[decontaminate.benchmark]] tables "
+                          "(name, paths, text), or --decontaminate GLOB")
     table = dict(table or {})
-    if not isinstance(table, dict) or set(table) - set(DECONTAM_KEYS):
+    if set(table) - set(DECONTAM_KEYS):
         raise ConfigError(f"[decontaminate] takes {', '.join(DECONTAM_KEYS)} ([[decontaminate.benchmark]] tables)")
     if flags.get("decontaminate"):
         text = flags.get("decontaminate_text") or "text"

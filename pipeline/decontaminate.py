@@ -162,19 +162,21 @@ class Index:
             out[cand[hit]] = at[hit]
         return out
 
-    def match(self, w: Words, inner: bool = False) -> dict[int, Match]:
+    def match(self, w: Words, trim=None) -> dict[int, Match]:
         """{document of the batch: its leftmost match} for the contaminated documents of `w`.
-        inner: grams holding a document's first or last word do not count (in a window cut out of a
-        longer text those words may be cut)."""
-        if inner:
+        trim: (start, end), a bool per document: grams holding its first (last) word do not count
+        (a text cut out of a longer one may begin or end in the middle of a word)."""
+        if trim is not None:
             first = np.searchsorted(w.doc, w.doc, side="left")
             last = np.searchsorted(w.doc, w.doc, side="right") - 1
+            cut_start, cut_end = (np.asarray(t, bool) for t in trim)
         hits = []  # (first word, -n, key index) of every matching gram
         for k in (self.n, *self.lengths):
             h, at = grams.gram_hashes(w, k)
             found = self._lookup(h)
-            if inner:
-                found[(at == first[at]) | (at + k - 1 == last[at])] = -1
+            if trim is not None:
+                d = w.doc[at]
+                found[(cut_start[d] & (at == first[at])) | (cut_end[d] & (at + k - 1 == last[at]))] = -1
             hit = np.flatnonzero(found >= 0)
             hits.append((at[hit], np.full(hit.size, -k), found[hit]))
         at, negk, key = (np.concatenate(c) for c in zip(*hits))
@@ -185,8 +187,8 @@ class Index:
         return {int(doc[i]): Match(self.items[int(self.owner[key[i]])], w.gram_text(int(at[i]), -int(negk[i])),
                                    -int(negk[i])) for i in firsts.tolist()}
 
-    def match_texts(self, texts: list[str], inner: bool = False) -> dict[int, Match]:
-        return self.match(grams.words(texts), inner) if self.keys.size and texts else {}
+    def match_texts(self, texts: list[str], trim=None) -> dict[int, Match]:
+        return self.match(grams.words(texts), trim) if self.keys.size and texts else {}
 
     def summary(self) -> dict:
         """What report.json records of the index."""

@@ -27,7 +27,7 @@ SEP = "\0"  # between the documents of a batch: not a word character, so no word
 
 _ASCII_WORD = np.array([chr(c).isalnum() for c in range(128)], dtype=np.int8)
 _CJK_RANGES = ((0x2E80, 0x2FDF), (0x3040, 0x30FF), (0x3100, 0x312F), (0x3190, 0x31FF), (0x3400, 0x4DBF),
-               (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x3134F))
+               (0x4E00, 0x9FFF), (0xF900, 0xFAFF), (0x20000, 0x323AF))  # to CJK extension H
 OTHER, WORD, CJK = 0, 1, 2
 _B = U64(0x9E3779B97F4A7C15)
 _INV_B = U64(pow(0x9E3779B97F4A7C15, -1, 1 << 64))
@@ -40,9 +40,10 @@ def char_info(cp: int) -> tuple[int, int]:
     c = chr(cp)
     folded = c.casefold()
     fold = ord(folded) if len(folded) == 1 else -1
-    if any(lo <= cp <= hi for lo, hi in _CJK_RANGES):
+    cat = unicodedata.category(c)[0]
+    if cat in "LN" and any(lo <= cp <= hi for lo, hi in _CJK_RANGES):  # not the blocks' punctuation (・)
         return CJK, fold
-    return (WORD if unicodedata.category(c)[0] in "LNM" else OTHER), fold
+    return (WORD if cat in "LNM" else OTHER), fold
 
 
 def nfkc(text: str) -> str:

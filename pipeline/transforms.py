@@ -782,6 +782,11 @@ def write_outputs(_, job: Job, stats: dict, infos: list, rejects: list, plan: di
     if not claim.held_by(job.out, job.run_id):
         # Another run holds the output now: commit nothing (the launcher says so).
         return
+    empty = [b for b, v in (index or {}).get("benchmarks", {}).items() if not v["texts"]]
+    if empty and not plan.get("error"):
+        b = index["benchmarks"][empty[0]]
+        plan = {"error": f"benchmark {empty[0]!r} gave no text to decontaminate against ({b['unreadable']:,} records "
+                         "could not be read): check its paths and its text field or template"}
     if plan.get("error"):
         fs.write_bytes(fs.join(job.out, REPORT_NAME), (json.dumps({"error": plan["error"]}) + "\n").encode("utf-8"))
         return

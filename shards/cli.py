@@ -86,9 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--benchmark", action="append", required=True, metavar="GLOB",
                    help="Benchmark files (repeatable; each a benchmark named by its GLOB): jsonl[.gz|.zst], parquet, "
                         "text, an HF save_to_disk directory; local, gs:// or s3://.")
-    p.add_argument("--text", default="text", metavar="FIELD_OR_TEMPLATE",
+    p.add_argument("--text", action="append", metavar="FIELD_OR_TEMPLATE",
                    help="The benchmark text: a field, or a template over fields such as '{question} {answer}' "
-                        "(default: text).")
+                        "(default: text). Once for every --benchmark, or once per --benchmark in their order.")
     p.add_argument("--ngram", type=int, default=10, help="n of the n-grams (default 10, DeepSeekMath's).")
     p.add_argument("--min-ngram", type=int, default=3,
                    help="Benchmark texts of min-ngram .. ngram-1 words are matched whole; shorter ones are ignored "
@@ -259,10 +259,19 @@ def cmd_audit(args) -> int:
     from .show import load_decoder
 
     m = read_manifest(args.out)
+    texts = args.text or ["text"]
+    if len(texts) not in (1, len(args.benchmark)):
+        raise ConfigError(f"{len(texts)} --text for {len(args.benchmark)} --benchmark: give one for all, or one each")
+    if args.ngram < 1 or args.min_ngram < 1 or args.min_ngram > args.ngram:
+        raise ConfigError(f"--ngram {args.ngram} and --min-ngram {args.min_ngram} must be positive, "
+                          "--min-ngram at most --ngram")
+    texts = texts * len(args.benchmark) if len(texts) == 1 else texts
     d = DecontamConfig(ngram=args.ngram, min_ngram=args.min_ngram, benchmarks=tuple(
-        SourceConfig(name=g, paths=(os.path.abspath(g) if "://" not in g else g,), text=args.text)
-        for g in args.benchmark))
-    index = benchmark_index(d.benchmarks, d.ngram, d.min_ngram)
+        SourceConfig(name=g, paths=(os.path.abspath(g) if "://" not in g else g,), text=t)
+        for g, t in zip(args.benchmark, texts)))
+    # Records over the job's max_doc_bytes were passed over by prepare: the audit reads as it did.
+    cap = m.config.get("max_doc_bytes", 16 << 20) if isinstance(m.config, dict) else 16 << 20
+    index = benchmark_index(d.benchmarks, d.ngram, d.min_ngram, cap)
     result = audit(args.out, index, load_decoder(m, args.tokenizer), progress=step_bar)
     if args.json:
         _print_json({"clean": not result.findings, "documents": result.documents, "pieces": result.pieces,

@@ -260,3 +260,58 @@ def test_dedup_keeps_the_first_of_n_copies_whatever_the_worker_count(outputs):
         assert kept <= ids and not gone & ids
     kept = f"{doc_id('copies', 'a.jsonl', 1):016x}"  # the first copy: file key a.jsonl before b.jsonl
     assert dups["clean"] == dups["plain"] == [("b.jsonl", 0, kept), ("b.jsonl", 2, kept)]
+
+
+def test_cjk_punctuation_is_not_a_word():
+    w = grams.words(["ジョン・スミス"])
+    assert [w.text[s:e] for s, e in zip(w.starts.tolist(), w.ends.tolist())] == list("ジョンスミス")
+
+
+def test_a_decontaminate_key_that_is_not_a_table_is_one_line():
+    from steppack.pipeline.config import build
+    from steppack.shards.errors import ConfigError
+
+    for bad in ("gsm8k.jsonl", True, ["a", "b"]):
+        with pytest.raises(ConfigError, match=r"\[decontaminate\]"):
+            build({"decontaminate": bad, "output": "o"}, "/x", {"input": ["a.jsonl"]})
+
+
+def test_audit_checks_each_piece_of_a_document_whose_order_is_not_recorded():
+    # A short benchmark text as a whole document, repeated by a mixture (identical copies), and a
+    # document cut into pieces whose order the output does not record.
+    from steppack.pipeline.audit import Audit, _Checker, texts_of
+    from steppack.shards import tokenizer as shtok
+
+    tok = shtok.load("deepseek-llm")
+    bos, eos = shtok.special_ids("deepseek-llm", tok)
+    ids = lambda text: np.array(tok.encode(text, add_special_tokens=False).ids, np.int64)  # noqa: E731
+    whole = np.concatenate([[bos], ids("the answer is 42 exactly"), [eos]])
+    parts, known = texts_of([whole, whole.copy(), whole.copy()], bos, eos)
+    assert known and len(parts) == 1 and parts[0][1:] == (False, False)
+    a, b, c, d = (ids(t) for t in (FILLER[:200], " " + QUESTION, " and so on", " more text"))
+    pieces = [np.concatenate([[bos], a]), b, c, np.concatenate([d, [eos]])]
+    parts, known = texts_of(pieces, bos, eos)
+    assert not known
+    assert [(cs, ce) for _, cs, ce in parts[:4]] == [(False, True), (True, True), (True, True), (True, False)]
+    index = index_of(QUESTION, "the answer is 42 exactly")
+    result = Audit()
+    check = _Checker(index, tok, result, ["s"])
+    check.add(1, 0, [(0, 0)], texts_of([whole] * 3, bos, eos)[0])
+    check.add(2, 0, [(0, 1)], parts)
+    check.add(3, 0, [(0, 2)], [(ids("the answer is 42"), False, False)])
+    check.flush()
+    assert [(f.doc_id, f.match.n) for f in result.findings] == [(1, 5), (2, 10)]
+
+
+def test_a_benchmark_that_gives_no_text_stops_prepare_and_audit(outputs, capsys, tmp_path):
+    outs, _, corpus = outputs
+    assert steppack_main(["shards", "audit", outs["plain"], "--benchmark", f"{corpus}/math/test.jsonl.zst",
+                          "--text", "{question} {answer}"]) == 2
+    err = capsys.readouterr().err
+    assert "gave no text" in err and "Traceback" not in err
+    src = write_jsonl(tmp_path / "in.jsonl", [{"text": "some text " * 20}])
+    assert prepare("--input", src, "--output", str(tmp_path / "out"), "--seq-len", "32", "--rows-per-step", "2",
+                   "--decontaminate", f"{corpus}/math/test.jsonl.zst", "--decontaminate-text", "{question}") == 2
+    err = capsys.readouterr().err
+    assert "gave no text to decontaminate against (5,000 records could not be read)" in err
+    assert not os.path.exists(tmp_path / "out" / "manifest.json")
