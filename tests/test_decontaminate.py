@@ -149,7 +149,7 @@ paths = ["{corpus}/gsm8k/test.jsonl.zst"]
 text = "Question: {{question}}\\nAnswer: {{answer}}"
 [[source]]
 name = "math"
-paths = ["{corpus}/math/math500.jsonl"]
+paths = ["{corpus}/math/test.jsonl.zst", "{corpus}/math/math500.jsonl"]
 text = "{{problem}}\\n\\n{{solution}}"
 [[source]]
 name = "proofnet"
@@ -191,10 +191,12 @@ def test_prepare_drops_every_benchmark_document_the_planted_ones_and_counts_them
     rejects = [r for r in rejects_of(outs["clean"]) if r["reason"] == "contaminated"]
     by_file = {}
     for r in rejects:
-        by_file.setdefault(os.path.basename(r["file"]), set()).add(r["record"])
-    assert by_file["test.jsonl.zst"] == set(range(1319))  # every GSM8K test question
-    assert by_file["math500.jsonl"] == set(range(500))  # MATH500 is part of MATH test
-    assert by_file["planted.jsonl"] == {0, 2, 3}  # planted, Chinese, 5 words; not: changed, 2 words
+        by_file.setdefault(os.path.relpath(r["file"], corpus) if r["file"] != planted else "planted", set()).add(
+            r["record"])
+    assert by_file["gsm8k/test.jsonl.zst"] == set(range(1319))  # every GSM8K test question
+    assert by_file["math/test.jsonl.zst"] == set(range(5000))  # every MATH test problem
+    assert by_file["math/math500.jsonl"] == set(range(500))  # MATH500 is part of MATH test
+    assert by_file["planted"] == {0, 2, 3}  # planted, Chinese, 5 words; not: changed, 2 words
     chinese = next(r for r in rejects if r["file"] == planted and r["record"] == 2)
     assert chinese["benchmark"] == "extra" and chinese["grams"] == " ".join([c for c in CHINESE if c not in "，？"][:10])
     report = json.load(open(os.path.join(outs["clean"], REPORT_NAME)))
@@ -208,22 +210,31 @@ def test_prepare_drops_every_benchmark_document_the_planted_ones_and_counts_them
     assert verify(outs["clean"]) == []
 
 
-def audit_json(out: str, corpus: str, *extra: str, capsys) -> tuple[int, dict]:
-    rc = steppack_main(["shards", "audit", out, "--json",
-                        "--benchmark", f"{corpus}/gsm8k/test.jsonl.zst", "--text", "{question} {answer}", *extra])
+def audit_json(out: str, *argv: str, capsys) -> tuple[int, dict]:
+    rc = steppack_main(["shards", "audit", out, "--json", *argv])
     return rc, json.loads(capsys.readouterr().out)
 
 
 def test_audit_finds_exactly_what_prepare_dropped_and_nothing_in_the_decontaminated_output(outputs, capsys, tmp_path):
     outs, planted, corpus = outputs
-    # GSM8K test alone: one --text for every --benchmark.
-    rc, clean = audit_json(outs["clean"], corpus, capsys=capsys)
+    # Every benchmark of the job, each with its own --text.
+    extra = os.path.join(os.path.dirname(planted), "cmath.jsonl")
+    argv = ["--benchmark", f"{corpus}/gsm8k/test.jsonl.zst", "--text", "{question} {answer}",
+            "--benchmark", f"{corpus}/math/test.jsonl.zst", "--text", "{problem} {solution}",
+            "--benchmark", extra, "--text", "text"]
+    rc, clean = audit_json(outs["clean"], *argv, capsys=capsys)
     assert rc == 0 and clean["clean"] and clean["findings"] == []
-    rc, plain = audit_json(outs["plain"], corpus, capsys=capsys)
+    rc, plain = audit_json(outs["plain"], *argv, capsys=capsys)
     assert rc == 1
     found = {f["doc_id"] for f in plain["findings"]}
-    dropped = {r["doc_id"] for r in rejects_of(outs["clean"]) if r.get("benchmark") == "gsm8k-test"}
-    assert found == dropped and len(found) >= 1319
+    dropped = {r["doc_id"] for r in rejects_of(outs["clean"]) if r["reason"] == "contaminated"}
+    deduped = {r["doc_id"] for r in rejects_of(outs["plain"]) if r["reason"] == "duplicate"}  # not in the output
+    assert found == dropped - deduped and len(found) >= 1319 + 5000 + 3
+    # GSM8K test alone: one --text for every --benchmark.
+    rc, gsm = audit_json(outs["plain"], "--benchmark", f"{corpus}/gsm8k/test.jsonl.zst",
+                         "--text", "{question} {answer}", capsys=capsys)
+    assert {f["doc_id"] for f in gsm["findings"]} == {
+        r["doc_id"] for r in rejects_of(outs["clean"]) if r.get("benchmark") == "gsm8k-test"}
     f = next(f for f in plain["findings"] if f["grams"].startswith("janet s ducks"))
     assert f["source"] in ("gsm8k", "planted") and f["places"]
     m = read_manifest(outs["plain"])
@@ -245,9 +256,11 @@ def test_dedup_keeps_the_first_of_n_copies_whatever_the_worker_count(outputs):
     dups = {}
     for name, out in outs.items():
         dups[name] = sorted((os.path.basename(r["file"]), r["record"], r["kept_doc_id"])
-                            for r in rejects_of(out) if r["reason"] == "duplicate")
+                            for r in rejects_of(out) if r["reason"] == "duplicate" and r["source"] == "copies")
         report = json.load(open(os.path.join(out, REPORT_NAME)))
-        assert report["documents"]["dropped_by_reason"]["duplicate"] == 2
+        # Without decontamination MATH500's 500 problems and their MATH test twins are copies (the
+        # MATH500 ones kept: file key math500.jsonl sorts first); with it, all are contaminated first.
+        assert report["documents"]["dropped_by_reason"]["duplicate"] == (2 if name == "clean" else 502)
         copies = next(s for s in report["sources"] if s["name"] == "copies")
         assert copies["documents"] == 3
         m = read_manifest(out)
