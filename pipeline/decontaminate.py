@@ -8,7 +8,7 @@ most of a corpus. Words and hashes: grams.py.
 
 The index is every benchmark gram's 64-bit hash, sorted, with the benchmark item it came from
 (12 bytes a gram), and a bitmap of 16 bits a gram that answers most lookups without a search.
-GSM8K test + MATH test (6,319 items) give ~0.9M grams: ~13 MB. Two documents' grams are taken
+GSM8K test + MATH test (6,319 items) give 800,294 grams: 11.2 MiB. Two documents' grams are taken
 as equal when their hashes are (64-bit: for 10^10 document grams against 10^6 benchmark grams
 the expected number of false matches is ~5e-4).
 """
@@ -112,7 +112,7 @@ def read_part(unit, n: int, min_n: int) -> Part:
     part = item_grams(items, texts, n, min_n)
     if bad:
         part.unreadable = {unit.source_name: bad}
-    part.texts = dict(part.texts) or {unit.source_name: 0}
+    part.texts = part.texts or {unit.source_name: 0}  # a unit without a readable text still names its benchmark
     return part
 
 

@@ -95,25 +95,11 @@ def words(texts: list[str]) -> Words:
     character that folds to several ("ß" -> "ss") is folded as a string instead."""
     norm = [nfkc(t) for t in texts]
     text = SEP.join(norm)
-    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-    upper = (cp >= 65) & (cp <= 90)
-    cp = cp + upper.astype(np.uint32) * 32
-    cls = np.take(_ASCII_WORD, cp, mode="clip")  # code points >= 128 read as 127 (DEL), set below
-    if not text.isascii():
-        high = cp >= 128
-        uniq, inv = np.unique(cp[high], return_inverse=True)
-        info = np.array([char_info(c) for c in uniq.tolist()], np.int64).reshape(-1, 2)
-        if (info[:, 1] < 0).any():
-            norm = [t.casefold() for t in norm]
-            text = SEP.join(norm)
-            cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
-            cls = np.take(_ASCII_WORD, cp, mode="clip")
-            high = cp >= 128
-            uniq, inv = np.unique(cp[high], return_inverse=True)
-            info = np.array([char_info(c) for c in uniq.tolist()], np.int64).reshape(-1, 2)
-        cls[high] = info[inv, 0]
-        cp = cp.copy()
-        cp[high] = info[inv, 1]
+    cp, cls = _classes(text)
+    if cp is None:  # a character folds to several: fold the strings instead
+        norm = [t.casefold() for t in norm]
+        text = SEP.join(norm)
+        cp, cls = _classes(text)
     lens = np.fromiter((len(t) + 1 for t in norm), np.int64, len(norm))
     doc_starts = np.concatenate(([0], np.cumsum(lens)[:-1])) if len(norm) else np.zeros(0, np.int64)
     is_word = cls > 0
@@ -140,6 +126,23 @@ def words(texts: list[str]) -> Words:
             hashes = np.zeros(0, U64)
     doc = (np.searchsorted(doc_starts, starts, side="right") - 1).astype(np.int32)
     return Words(text, starts, ends, doc, hashes, len(norm))
+
+
+def _classes(text: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(case-folded code points, class of each) of a text; (None, None) when one of its characters
+    folds to several (char_info)."""
+    cp = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), np.uint32)
+    cp = cp + ((cp >= 65) & (cp <= 90)).astype(np.uint32) * 32
+    cls = np.take(_ASCII_WORD, cp, mode="clip")  # code points >= 128 read as 127 (DEL), set below
+    if not text.isascii():
+        high = cp >= 128
+        uniq, inv = np.unique(cp[high], return_inverse=True)
+        info = np.array([char_info(c) for c in uniq.tolist()], np.int64).reshape(-1, 2)
+        if (info[:, 1] < 0).any():
+            return None, None
+        cls[high] = info[inv, 0]
+        cp[high] = info[inv, 1]
+    return cp, cls
 
 
 _TABLE = 1 << 20

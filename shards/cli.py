@@ -253,7 +253,7 @@ def cmd_audit(args) -> int:
     import os
 
     from steppack.pipeline.audit import audit, benchmark_index, render
-    from steppack.pipeline.config import DecontamConfig, SourceConfig
+    from steppack.pipeline.config import DecontamConfig, JobConfig, SourceConfig
 
     from .progress import step_bar
     from .show import load_decoder
@@ -270,7 +270,7 @@ def cmd_audit(args) -> int:
         SourceConfig(name=g, paths=(os.path.abspath(g) if "://" not in g else g,), text=t)
         for g, t in zip(args.benchmark, texts)))
     # Records over the job's max_doc_bytes were passed over by prepare: the audit reads as it did.
-    cap = m.config.get("max_doc_bytes", 16 << 20) if isinstance(m.config, dict) else 16 << 20
+    cap = m.config.get("max_doc_bytes", JobConfig.max_doc_bytes)
     index = benchmark_index(d.benchmarks, d.ngram, d.min_ngram, cap)
     result = audit(args.out, index, load_decoder(m, args.tokenizer), progress=step_bar)
     if args.json:
